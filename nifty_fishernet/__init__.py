@@ -1,0 +1,27 @@
+"""nifty_fishernet: the FisherNet autoencoder in PyTorch, bridged to NIFTy.
+
+The FisherNet's encoder gives the latent mean ``mu``; the latent covariance is the inverse of
+the metric ``M(mu) = J^T N^{-1} J + 1`` of its decoder (Fisher metric of the likelihood plus
+the prior's), with a learned noise level ``N = exp(xi_N) 1``.
+"""
+
+from ._version import __version__
+from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
+from .data import DatasetNotFoundError, load_fashion_mnist
+from .fisher import (decoder_jacobian, draw_metric_noise, inverse_metric_offsets_cg,
+                     inverse_metric_offsets_cholesky, metric_from_jacobian, principal_axes)
+from .metrics import reconstruction_mse
+from .models import MLP, ConvVAE, FisherNet, LatentModel, VAE
+from .training import TrainingDivergedError, train
+
+__all__ = [
+    "__version__",
+    # models
+    "LatentModel", "FisherNet", "VAE", "ConvVAE", "MLP",
+    # Fisher-metric math
+    "decoder_jacobian", "metric_from_jacobian", "draw_metric_noise",
+    "inverse_metric_offsets_cholesky", "inverse_metric_offsets_cg", "principal_axes",
+    # data, training, evaluation, checkpoints
+    "load_fashion_mnist", "DatasetNotFoundError", "train", "TrainingDivergedError",
+    "reconstruction_mse", "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
+]

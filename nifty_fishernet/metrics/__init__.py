@@ -1,0 +1,5 @@
+"""Evaluation metrics."""
+
+from .mse import reconstruction_mse
+
+__all__ = ["reconstruction_mse"]

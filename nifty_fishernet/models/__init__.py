@@ -1,0 +1,10 @@
+"""Latent-variable models sharing one interface (:class:`LatentModel`)."""
+
+from .base import MODEL_TYPES, LatentModel, check_data, register_model
+from .fishernet import FisherNet
+from .mlp import MLP
+from .noise import GaussianNoise
+from .vae import VAE, ConvVAE
+
+__all__ = ["LatentModel", "FisherNet", "VAE", "ConvVAE", "MLP", "GaussianNoise", "MODEL_TYPES",
+           "register_model", "check_data"]

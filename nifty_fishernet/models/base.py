@@ -1,0 +1,126 @@
+"""The interface every latent-variable model of the package shares."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["LatentModel", "MODEL_TYPES", "register_model", "check_data"]
+
+#: Model classes by name; checkpoints name their class here, so loading never imports or
+#: unpickles anything a file asks for.
+MODEL_TYPES: dict[str, type] = {}
+
+
+def register_model(cls):
+    """Class decorator adding a model to :data:`MODEL_TYPES`."""
+    MODEL_TYPES[cls.__name__] = cls
+    return cls
+
+
+def check_data(x, width, dtype, name="x"):
+    """Raise a clear error unless ``x`` is a finite floating tensor of shape ``(B, width)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The batch to check.
+    width : int
+        Expected size of the last axis.
+    dtype : torch.dtype
+        The model's parameter dtype, which ``x`` must match.
+    name : str
+        How the error messages refer to ``x``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point (images scaled to [0, 1]), got "
+                        f"dtype {x.dtype}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the model computes in {dtype}; "
+                        f"convert one of them (x.to({dtype}) or model.to({x.dtype}))")
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ValueError(f"{name} must have shape (batch, {width}), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise ValueError(f"{name} contains non-finite values (NaN or inf) in {bad} of "
+                         f"{x.shape[0]} rows")
+
+
+class LatentModel(nn.Module):
+    """Base class: an autoencoder with a Gaussian latent posterior per datum.
+
+    Subclasses set ``latent_dim`` and ``data_dim`` and implement :meth:`encode`,
+    :meth:`decode`, :meth:`loss`, :meth:`posterior` and :meth:`sample_posterior`.
+    ``config`` holds the constructor arguments, which is all a checkpoint needs to rebuild
+    the model.
+    """
+
+    latent_dim: int
+    data_dim: int
+    config: dict
+
+    @property
+    def dtype(self):
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    @property
+    def noise_std(self):
+        """Decoder noise standard deviation ``sqrt(exp(xi_N))`` (1.0 when fixed)."""
+        return self.noise.std
+
+    def _check_data(self, x, name="x"):
+        check_data(x, self.data_dim, self.dtype, name)
+
+    def _check_latent(self, z, name="z"):
+        check_data(z, self.latent_dim, self.dtype, name)
+
+    def encode(self, x):
+        """Latent mean ``mu`` of shape ``(B, d)`` for data ``x`` of shape ``(B, k)``."""
+        raise NotImplementedError
+
+    def decode(self, z):
+        """Decoder mean ``f(z)`` of shape ``(B, k)`` for latents of shape ``(B, d)``."""
+        raise NotImplementedError
+
+    def loss(self, x, n_data=None, generator=None):
+        """Training loss: mean over the batch of each datum's share of the objective."""
+        raise NotImplementedError
+
+    def posterior(self, x):
+        """Latent posterior approximation ``(mu (B, d), covariance (B, d, d))`` for ``x``."""
+        raise NotImplementedError
+
+    def sample_posterior(self, x, n_samples=1, generator=None):
+        """Draws from the latent posterior approximation for ``x``: ``(n_samples, B, d)``."""
+        raise NotImplementedError
+
+    def reconstruct(self, x):
+        """``decode(encode(x))``: the reconstruction from the latent mean (Eq. 32-33)."""
+        return self.decode(self.encode(x))
+
+    def generate(self, n, generator=None):
+        """Decode ``n`` draws from the standard-normal latent prior: ``(n, k)``."""
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.dtype,
+                        device=self.device)
+        return self.decode(z)
+
+    def save(self, path, optimizer=None, history=None, training_state=None):
+        """Write an HDF5 checkpoint atomically; see :func:`nifty_fishernet.save`."""
+        from ..checkpoint import save
+
+        save(path, self, optimizer=optimizer, history=history, training_state=training_state)
+
+    @classmethod
+    def load(cls, path, device="cpu"):
+        """Load a checkpoint that must hold a model of this class."""
+        from ..checkpoint import load
+
+        return load(path, device=device, model_type=cls)

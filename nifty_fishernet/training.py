@@ -1,0 +1,161 @@
+"""Training loop: Adam on a model's ``loss``, per-epoch evaluation, checkpoints, resuming."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save
+from .metrics.mse import reconstruction_mse
+from .models.base import check_data
+
+__all__ = ["train", "resolve_device", "as_images", "TrainingDivergedError"]
+
+HISTORY_KEYS = ("epoch", "train_loss", "test_loss", "test_mse", "noise_std", "seconds")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became non-finite; the model holds the last good state."""
+
+
+def resolve_device(device="auto"):
+    """``"auto"`` is CUDA when available, else CPU; anything else goes to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_images(images, model, name):
+    """``images`` (numpy or torch) as a checked tensor in the model's dtype on the CPU."""
+    if isinstance(images, np.ndarray):
+        if not np.issubdtype(images.dtype, np.floating):
+            raise TypeError(f"{name} must be floating point (scaled to [0, 1]), got dtype "
+                            f"{images.dtype}")
+        images = torch.from_numpy(np.ascontiguousarray(images)).to(model.dtype)
+    check_data(images, model.data_dim, model.dtype, name)
+    return images
+
+
+def _epoch_generator(seed, epoch, device):
+    # One stream per (seed, epoch): a resumed run draws exactly what an uninterrupted one does.
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return gen
+
+
+@torch.no_grad()
+def _mean_loss(model, images, n_data, generator, batch_size=1000):
+    total = 0.0
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size]
+        total += float(model.loss(x, n_data=n_data, generator=generator)) * x.shape[0]
+    return total / images.shape[0]
+
+
+def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, device="auto",
+          seed=0, checkpoint=None, progress=True):
+    """Train a model with Adam and evaluate it on the test set after every epoch.
+
+    Parameters
+    ----------
+    model : nifty_fishernet.models.LatentModel
+        Trained in place (and left on ``device``).
+    train_images, test_images : numpy.ndarray or torch.Tensor
+        ``(p, k)`` floating-point images in [0, 1].
+    epochs : int
+        Total number of epochs; a resumed run continues up to this number.
+    batch_size : int
+        Minibatch size (64 in Table 2).
+    lr : float
+        Adam learning rate (1e-4 in Table 2).
+    device : str or torch.device
+        ``"auto"`` uses CUDA when present.
+    seed : int
+        Seeds the shuffling and the sampling noise of every epoch; same seed, same run.
+    checkpoint : str or path-like, optional
+        HDF5 file written atomically after every epoch. If it exists, training resumes from
+        it (weights, Adam state, history) and continues its history.
+    progress : bool
+        Show a tqdm bar with the loss and the noise level.
+
+    Returns
+    -------
+    dict
+        Lists over epochs: ``epoch``, ``train_loss``, ``test_loss`` (same objective, fixed
+        noise), ``test_mse`` (Eq. 32-33, from the encoder mean), ``noise_std``, ``seconds``.
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss became NaN or infinite. The model and optimizer are restored to their state
+        after the last completed epoch, which is also what the checkpoint file holds.
+    """
+    if int(epochs) < 0 or int(batch_size) < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    device = resolve_device(device)
+    train_x = as_images(train_images, model, "train_images").to(device)
+    test_x = as_images(test_images, model, "test_images").to(device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = {key: [] for key in HISTORY_KEYS}
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = load_checkpoint(checkpoint, model_type=type(model))
+        if saved.model.config != model.config:
+            raise ValueError(f"checkpoint {checkpoint} holds a {type(model).__name__} with "
+                             f"config {saved.model.config}, not {model.config}")
+        model.load_state_dict(saved.model.state_dict())
+        if saved.optimizer_state is not None:
+            optimizer.load_state_dict(saved.optimizer_state)
+        history = {key: list(saved.history.get(key, [])) for key in HISTORY_KEYS}
+
+    n_data = train_x.shape[0]
+    n_batches = -(-n_data // batch_size)
+    name = f"{type(model).__name__} d={model.latent_dim}"
+    for epoch in range(len(history["epoch"]), int(epochs)):
+        last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        shuffle = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
+        order = torch.randperm(n_data, generator=shuffle).to(device)
+        noise = _epoch_generator(seed, epoch, device)
+        model.train()
+        start, running = time.perf_counter(), 0.0
+        bar = tqdm(range(n_batches), desc=f"{name} epoch {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False)
+        for step in bar:
+            batch = train_x[order[step * batch_size:(step + 1) * batch_size]]
+            loss = model.loss(batch, n_data=n_data, generator=noise)
+            value = loss.item()
+            if not np.isfinite(value):
+                model.load_state_dict(last_good[0])
+                optimizer.load_state_dict(last_good[1])
+                kept = f"; checkpoint {checkpoint} keeps it" if checkpoint is not None else ""
+                raise TrainingDivergedError(
+                    f"{name}: non-finite loss ({value}) at epoch {epoch + 1}, step "
+                    f"{step + 1}; model and optimizer restored to their state after epoch "
+                    f"{epoch}{kept}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += value
+            if progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{value:.4g}", noise=f"{model.noise_std:.4g}")
+        seconds = time.perf_counter() - start
+        model.eval()
+        test_loss = _mean_loss(model, test_x, n_data, _epoch_generator(seed, -1, device))
+        for key, value in zip(HISTORY_KEYS, (epoch + 1, running / n_batches, test_loss,
+                                             reconstruction_mse(model, test_x),
+                                             model.noise_std, seconds)):
+            history[key].append(value)
+        if progress:
+            tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: train loss {running / n_batches:.5g}"
+                       f"  test loss {test_loss:.5g}  test MSE {history['test_mse'][-1]:.5f}"
+                       f"  noise std {model.noise_std:.4f}  ({seconds:.1f} s)")
+        if checkpoint is not None:
+            save(checkpoint, model, optimizer=optimizer, history=history,
+                 training_state=dict(epochs_done=epoch + 1, seed=int(seed),
+                                     batch_size=int(batch_size), lr=float(lr)))
+    return history

@@ -1,0 +1,112 @@
+"""Training on real Fashion-MNIST subsets: learning, reproducibility, resuming, divergence."""
+
+import numpy as np
+import pytest
+import torch
+
+import nifty_fishernet as nf
+
+MODELS = {
+    "FisherNet": lambda: nf.FisherNet(2),
+    "VAE": lambda: nf.VAE(2),
+    "CalibratedVAE": lambda: nf.VAE(2, learn_noise=True),
+    "ConvVAE": lambda: nf.ConvVAE(2),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_few_hundred_steps_lower_the_test_mse(fmnist_small, name):
+    train_x, test_x, _ = fmnist_small
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    before = nf.reconstruction_mse(model, torch.from_numpy(test_x))
+    history = nf.train(model, train_x, test_x, epochs=5, batch_size=32, lr=1e-3, seed=0,
+                       progress=False)  # 5 x 63 = 315 steps
+    assert len(history["test_mse"]) == 5
+    assert all(np.isfinite(v) for key in history for v in history[key])
+    # an untrained decoder outputs ~0.5 everywhere (MSE ~0.2); a trained one the mean image
+    # at the very least (MSE ~0.1 at d=2 after 300 steps, ~0.03 when converged)
+    assert history["test_mse"][-1] < 0.6 * before, (before, history["test_mse"])
+    if name in ("FisherNet", "CalibratedVAE"):
+        assert history["noise_std"][-1] < 1.0  # the noise level learns from 1 downwards
+    else:
+        assert history["noise_std"] == [1.0] * 5
+
+
+def test_training_is_reproducible_for_a_seed(fmnist_small):
+    train_x, test_x, _ = fmnist_small
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = nf.FisherNet(2, hidden=64)
+        history = nf.train(model, train_x[:512], test_x[:100], epochs=2, lr=1e-3, seed=5,
+                           progress=False)
+        runs.append((history, model.state_dict()))
+    for key in ("train_loss", "test_loss", "test_mse", "noise_std"):
+        assert runs[0][0][key] == runs[1][0][key]
+    for key, value in runs[0][1].items():
+        assert torch.equal(value, runs[1][1][key])
+
+
+def test_resumed_training_equals_uninterrupted_training(fmnist_small, tmp_path):
+    train_x, test_x, _ = fmnist_small
+    kw = dict(lr=1e-3, seed=3, progress=False)
+    torch.manual_seed(2)
+    full = nf.FisherNet(2, hidden=64)
+    full_history = nf.train(full, train_x[:512], test_x[:100], epochs=3, **kw)
+
+    path = tmp_path / "run.h5"
+    torch.manual_seed(2)
+    nf.train(nf.FisherNet(2, hidden=64), train_x[:512], test_x[:100], epochs=1,
+             checkpoint=path, **kw)
+    resumed = nf.FisherNet(2, hidden=64)  # different initial weights: the checkpoint wins
+    history = nf.train(resumed, train_x[:512], test_x[:100], epochs=3, checkpoint=path, **kw)
+    assert history["epoch"] == [1, 2, 3]
+    for key in ("train_loss", "test_loss", "test_mse", "noise_std"):
+        np.testing.assert_allclose(history[key], full_history[key], rtol=1e-6)
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-5, atol=1e-7)
+    assert nf.load_checkpoint(path).history["epoch"] == [1, 2, 3]
+    with pytest.raises(ValueError, match="config"):
+        nf.train(nf.FisherNet(3, hidden=64), train_x[:64], test_x[:10], epochs=4,
+                 checkpoint=path, progress=False)
+
+
+def test_divergence_stops_and_keeps_the_last_good_state(fmnist_small, tmp_path, monkeypatch):
+    train_x, test_x, _ = fmnist_small
+    model = nf.FisherNet(2, hidden=32)
+    path = tmp_path / "run.h5"
+    original = model.loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        if calls["n"] > 8 + 1 + 3:  # epoch 1: 8 steps + 1 test-loss call; then 3 good steps
+            with torch.no_grad():  # what an exploding update does to the weights
+                model.decoder.linears[0].weight.fill_(float("nan"))
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(model, "loss", poisoned)
+    with pytest.raises(nf.TrainingDivergedError, match=r"epoch 2, step 4.*after epoch 1"):
+        nf.train(model, train_x[:512], test_x[:50], epochs=5, checkpoint=path, lr=1e-3,
+                 progress=False)
+    saved = nf.load_checkpoint(path)
+    assert saved.history["epoch"] == [1]
+    for key, value in saved.model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bad_training_input(fmnist_small):
+    train_x, test_x, _ = fmnist_small
+    model = nf.VAE(2, hidden=16)
+    bad = train_x[:100].copy()
+    bad[5, 3] = np.inf
+    with pytest.raises(ValueError, match="train_images contains non-finite"):
+        nf.train(model, bad, test_x, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="test_images must be floating point"):
+        nf.train(model, train_x, (test_x * 255).astype(np.uint8), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"train_images must have shape \(batch, 784\)"):
+        nf.train(model, train_x[:, :700], test_x, epochs=1, progress=False)
