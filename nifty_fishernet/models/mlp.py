@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["MLP"]
@@ -62,15 +63,18 @@ class MLP(nn.Module):
         tangent = None
         for i, linear in enumerate(self.linears):
             h = linear(h)
-            weight_t = linear.weight.t()
             # First layer: d/dx (W x) = W^T for every batch element; no product needed.
-            tangent = weight_t.unsqueeze(0) if tangent is None else tangent @ weight_t
+            tangent = (linear.weight.t().unsqueeze(0) if tangent is None
+                       else F.linear(tangent, linear.weight))
             if i < last:
-                # ReLU'(a) = 1[a > 0], matching torch's relu gradient at 0.
-                active = (h > 0).to(h.dtype)
-                h = h * active
-                tangent = tangent * active.unsqueeze(1)
+                h = torch.relu(h)
+                # ReLU'(a) = 1[a > 0], matching torch's relu gradient at 0. In place: the
+                # product's backward needs its inputs, not this output.
+                active = (h > 0).to(h.dtype).unsqueeze(1)
+                tangent = tangent * active if i == 0 else tangent.mul_(active)
         if self.output_activation == "sigmoid":
             h = torch.sigmoid(h)
-            tangent = tangent * (h * (1 - h)).unsqueeze(1)
+            slope = (h * (1 - h)).unsqueeze(1)
+            # With no hidden layer the tangent is still a view of the weight: never write to it.
+            tangent = tangent * slope if last == 0 else tangent.mul_(slope)
         return h, tangent.expand(x.shape[0], -1, -1)

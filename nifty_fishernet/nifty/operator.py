@@ -1,0 +1,141 @@
+"""A torch function (e.g. a trained decoder) as a NIFTy operator."""
+
+from __future__ import annotations
+
+import nifty8 as ift
+import numpy as np
+import torch
+
+__all__ = ["TorchOperator", "TorchJacobian"]
+
+
+def _to_torch(value, dtype, device):
+    if isinstance(value, dict):
+        return {key: _to_torch(val, dtype, device) for key, val in value.items()}
+    # Field.val is a read-only view: copy before handing it to torch.
+    return torch.tensor(np.array(value), dtype=dtype, device=device)
+
+
+def _to_numpy(value):
+    if isinstance(value, dict):
+        return {key: _to_numpy(val) for key, val in value.items()}
+    return value.detach().cpu().to(torch.float64).numpy()
+
+
+def _ordered_like(value, reference):
+    # torch.func.vjp matches dict cotangents to outputs by key order; NIFTy sorts its keys.
+    if isinstance(reference, dict):
+        return {key: value[key] for key in reference}
+    return value
+
+
+class TorchJacobian(ift.LinearOperator):
+    """The Jacobian of a :class:`TorchOperator` at one point.
+
+    TIMES is a forward-mode product (``torch.func.jvp``); ADJOINT_TIMES reuses the
+    vector-Jacobian product of the one forward pass made at linearisation.
+    """
+
+    def __init__(self, domain, target, jvp, vjp, dtype, device):
+        self._domain = ift.makeDomain(domain)
+        self._target = ift.makeDomain(target)
+        self._jvp, self._vjp = jvp, vjp
+        self._dtype, self._device = dtype, device
+        self._capability = self.TIMES | self.ADJOINT_TIMES
+
+    def apply(self, x, mode):
+        self._check_input(x, mode)
+        value = _to_torch(x.val, self._dtype, self._device)
+        if mode == self.TIMES:
+            return ift.makeField(self._target, _to_numpy(self._jvp(value)))
+        return ift.makeField(self._domain, _to_numpy(self._vjp(value)))
+
+
+class TorchOperator(ift.Operator):
+    """Wrap a torch module or function as a (nonlinear) NIFTy operator.
+
+    Parameters
+    ----------
+    domain, target : DomainTuple, MultiDomain or anything ``ift.makeDomain`` takes
+        For a MultiDomain the function takes (returns) a dict of tensors keyed like it.
+    function : callable
+        Maps a tensor of ``domain.shape`` (or a dict) to a tensor of ``target.shape`` (or a
+        dict). It must be pure: same input, same output (a module in eval mode, no dropout).
+    dtype : torch.dtype
+        Precision of the torch computation. Fields stay numpy float64 at the edges; use
+        float64 for ``ift.extra.check_operator`` and float32 for speed.
+    device : str or torch.device, optional
+        Where the computation runs; default: the device of ``function``'s parameters if it is a
+        module, else CPU. A network trained on CUDA stays there.
+
+    Notes
+    -----
+    A Linearization costs one forward pass (kept for the adjoint) plus one forward-mode pass per
+    Jacobian application, as for ``ift.JaxOperator``.
+    """
+
+    def __init__(self, domain, target, function, dtype=torch.float64, device=None):
+        self._domain = ift.makeDomain(domain)
+        self._target = ift.makeDomain(target)
+        if device is None and isinstance(function, torch.nn.Module):
+            params = list(function.parameters())
+            device = params[0].device if params else "cpu"
+        self._function = function
+        self._dtype = dtype
+        self._device = torch.device(device or "cpu")
+
+    def _check_output(self, value):
+        multi = isinstance(self._target, ift.MultiDomain)
+        if isinstance(value, dict) != multi:
+            raise TypeError(f"the torch function returns a {type(value).__name__} but the "
+                            f"target is a {type(self._target).__name__}")
+        if multi:
+            if set(value) != set(self._target.keys()):
+                raise ValueError(f"the torch function returns keys {sorted(value)}, the "
+                                 f"target has {sorted(self._target.keys())}")
+            for key, val in value.items():
+                self._check_shape(key, self._target[key].shape, tuple(val.shape))
+        else:
+            self._check_shape(None, self._target.shape, tuple(value.shape))
+
+    @staticmethod
+    def _check_shape(key, want, got):
+        if want != got:
+            where = "" if key is None else f" for key {key!r}"
+            raise ValueError(f"the torch function returns shape {got}{where}, the target has "
+                             f"shape {want}")
+
+    def apply(self, x):
+        self._check_input(x)
+        if not ift.is_linearization(x):
+            with torch.no_grad():
+                value = self._function(_to_torch(x.val, self._dtype, self._device))
+            self._check_output(value)
+            return ift.makeField(self._target, _to_numpy(value))
+        point = _to_torch(x.val.val, self._dtype, self._device)
+        value, vjp_fn = torch.func.vjp(self._function, point)
+        self._check_output(value)
+        value = _to_numpy(value)
+        function = self._function
+
+        def jvp(tangent):
+            with torch.no_grad():
+                return torch.func.jvp(function, (point,), (tangent,))[1]
+
+        def vjp(cotangent):
+            with torch.no_grad():
+                return vjp_fn(_ordered_like(cotangent, value))[0]
+
+        jac = TorchJacobian(self._domain, self._target, jvp, vjp, self._dtype, self._device)
+        return x.new(ift.makeField(self._target, value), jac)
+
+    def _simplify_for_constant_input_nontrivial(self, c_inp):
+        constants = _to_torch(c_inp.val, self._dtype, self._device)
+        function = self._function
+
+        def with_constants(x):
+            return function({**x, **constants})
+
+        domain = {key: dom for key, dom in self._domain.items() if key not in c_inp.keys()}
+        return None, TorchOperator(domain, self._target, with_constants, self._dtype,
+                                   self._device)

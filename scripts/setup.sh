@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install everything nifty_fishernet needs on Debian with Python >= 3.10 and no GPU:
+# the Fashion-MNIST IDX files, the CPU build of torch 2.13.0 (pinned FIRST, so that no
+# dependency can pull a newer CUDA build), then the package with its test extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[test]"
+python -c "import torch, nifty8, nifty_fishernet; print('torch', torch.__version__, '| nifty8', nifty8.__version__, '| nifty_fishernet', nifty_fishernet.__version__)"

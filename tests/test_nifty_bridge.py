@@ -1,0 +1,133 @@
+"""The NIFTy bridge: operators pass NIFTy's own checks; NIFTy's metric is the FisherNet's."""
+
+import nifty8 as ift
+import numpy as np
+import pytest
+import torch
+from scipy import optimize
+
+from conftest import random_fishernet
+from nifty_fishernet.nifty import FisherNetLikelihood, TorchOperator
+from nifty_fishernet.nifty.inference import latent_posterior, metric_blocks
+
+
+@pytest.fixture(autouse=True)
+def nifty_seed():
+    ift.random.push_sseq_from_seed(42)
+    yield
+    ift.random.pop_sseq()
+
+
+def test_check_operator_random_mlp():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 5)).double().eval()
+    dom, tgt = ift.UnstructuredDomain((4, 3)), ift.UnstructuredDomain((4, 5))
+    op = TorchOperator(dom, tgt, net)
+    ift.extra.check_operator(op, ift.from_random(dom), ntries=10)
+
+
+def test_check_operator_fishernet_decoder():
+    model = random_fishernet(latent_dim=3, data_dim=12)
+    dom, tgt = ift.UnstructuredDomain((5, 3)), ift.UnstructuredDomain((5, 12))
+    ift.extra.check_operator(TorchOperator(dom, tgt, model.decoder), ift.from_random(dom),
+                             ntries=10)
+
+
+def test_check_operator_dict_valued_function_and_constant_keys():
+    def function(x):
+        return {"b": x["u"] * torch.sin(x["v"]), "a": torch.exp(0.3 * x["u"]) + x["v"] ** 2}
+
+    dom = ift.makeDomain({"v": ift.UnstructuredDomain(4), "u": ift.UnstructuredDomain(4)})
+    tgt = ift.makeDomain({"a": ift.UnstructuredDomain(4), "b": ift.UnstructuredDomain(4)})
+    ift.extra.check_operator(TorchOperator(dom, tgt, function), ift.from_random(dom),
+                             ntries=10)
+
+
+def test_wrong_function_output_is_reported():
+    dom = ift.UnstructuredDomain(3)
+    op = TorchOperator(dom, ift.UnstructuredDomain(4), lambda x: x * 2)
+    with pytest.raises(ValueError, match=r"returns shape \(3,\).*target has shape \(4,\)"):
+        op(ift.from_random(dom))
+
+
+def test_likelihood_passes_check_operator():
+    model = random_fishernet(latent_dim=2, data_dim=12)
+    data = np.random.default_rng(0).uniform(size=(3, 12))
+    likelihood = FisherNetLikelihood(model, data)
+    ift.extra.check_operator(likelihood, ift.from_random(likelihood.domain), ntries=5)
+
+
+def test_nifty_metric_equals_fishernet_metric():
+    model = random_fishernet(latent_dim=3, data_dim=12, xi=-1.0)
+    data = np.random.default_rng(1).uniform(size=(4, 12))
+    likelihood = FisherNetLikelihood(model, data)
+    mu = np.random.default_rng(2).normal(size=(4, 3))
+    position = ift.MultiField.from_dict(
+        {"latent": ift.makeField(likelihood.domain["latent"], mu)})
+    blocks = metric_blocks(likelihood, position)
+    with torch.no_grad():
+        reference = model.metric(torch.from_numpy(mu)).numpy()
+    np.testing.assert_allclose(blocks, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_nifty_inverse_metric_draws_match_sample_latent():
+    model = random_fishernet(latent_dim=2, data_dim=12, xi=-2.0, gain=5.0)
+    likelihood = FisherNetLikelihood(model, np.zeros((1, 12)))
+    mu = np.array([[0.4, -0.7]])
+    position = ift.MultiField.from_dict(
+        {"latent": ift.makeField(likelihood.domain["latent"], mu)})
+    hamiltonian = ift.StandardHamiltonian(
+        likelihood, ift.AbsDeltaEnergyController(1e-14, iteration_limit=50, name=None))
+    metric = hamiltonian(ift.Linearization.make_var(position, want_metric=True)).metric
+    n = 3000
+    nifty_draws = np.stack([metric.draw_sample(from_inverse=True)["latent"].val[0]
+                            for _ in range(n)])
+    with torch.no_grad():
+        torch_draws = model.sample_latent(torch.from_numpy(mu), n_samples=n,
+                                          generator=torch.Generator().manual_seed(0))[:, 0]
+        cov = model.posterior_covariance(torch.from_numpy(mu))[0].numpy()
+    assert np.abs(cov[0, 1]) / np.sqrt(cov[0, 0] * cov[1, 1]) > 0.3  # truly correlated
+    # n = 3000: relative sampling error of each entry ~sqrt(2/n) = 2.6%; allow 10%.
+    for draws in (nifty_draws, torch_draws.numpy()):
+        emp = np.cov(draws.T)
+        assert np.linalg.norm(emp - cov) / np.linalg.norm(cov) < 0.10
+
+
+def test_map_matches_scipy_minimum_of_the_same_posterior():
+    model = random_fishernet(latent_dim=2, data_dim=12, xi=-1.0)
+    rng = np.random.default_rng(3)
+    with torch.no_grad():
+        truth = torch.from_numpy(rng.normal(size=(2, 2)))
+        data = (model.decoder(truth) + 0.3 * torch.from_numpy(rng.normal(size=(2, 12)))).numpy()
+    result = latent_posterior(model, data, method="map", total_iterations=3)
+    precision = float(torch.exp(-model.xi_n))
+    for b in range(2):
+        def energy(z):
+            with torch.no_grad():
+                residual = data[b] - model.decoder(torch.from_numpy(z)[None])[0].numpy()
+            return 0.5 * z @ z + 0.5 * precision * residual @ residual
+
+        best = optimize.minimize(energy, result.mean[b] + 0.3, method="BFGS",
+                                 options={"gtol": 1e-10})
+        np.testing.assert_allclose(result.mean[b], best.x, atol=1e-4)
+        assert result.covariance[b].shape == (2, 2)
+        assert np.all(np.linalg.eigvalsh(result.covariance[b]) > 0)
+
+
+def test_bad_input_to_the_likelihood():
+    model = random_fishernet(latent_dim=2, data_dim=12)
+    with pytest.raises(ValueError, match=r"shape \(batch, 12\)"):
+        FisherNetLikelihood(model, np.zeros((3, 11)))
+    bad = np.zeros((3, 12))
+    bad[1, 4] = np.nan
+    with pytest.raises(ValueError, match="non-finite values in 1 of 3 rows"):
+        FisherNetLikelihood(model, bad)
+    mask = ift.DiagonalOperator(ift.makeField(ift.UnstructuredDomain((3, 10)), np.ones((3, 10))))
+    with pytest.raises(ValueError, match=r"response's domain has shape \(3, 10\)"):
+        FisherNetLikelihood(model, np.zeros((3, 10)), response=mask)
+    with pytest.raises(ValueError, match="method"):
+        latent_posterior(model, np.zeros((1, 12)), method="hmc")
+    model.train()
+    with pytest.raises(RuntimeError, match="training mode.*model.eval"):
+        FisherNetLikelihood(model, np.zeros((1, 12)))
