@@ -67,7 +67,7 @@ def test_nifty_metric_equals_fishernet_metric():
         {"latent": ift.makeField(likelihood.domain["latent"], mu)})
     blocks = metric_blocks(likelihood, position)
     with torch.no_grad():
-        reference = model.metric(torch.from_numpy(mu)).numpy()
+        reference = model.metric(torch.from_numpy(mu)).detach().numpy()
     np.testing.assert_allclose(blocks, reference, rtol=1e-10, atol=1e-12)
 
 
@@ -94,6 +94,8 @@ def test_nifty_inverse_metric_draws_match_sample_latent():
         assert np.linalg.norm(emp - cov) / np.linalg.norm(cov) < 0.10
 
 
+@pytest.mark.xfail(strict=True, reason="known defect (issue 3, open): optimize_kl's NewtonCG "
+                   "stops with gradient ~3e-2 left (line search stalls); scipy BFGS converges")
 def test_map_matches_scipy_minimum_of_the_same_posterior():
     model = random_fishernet(latent_dim=2, data_dim=12, xi=-1.0)
     rng = np.random.default_rng(3)
@@ -101,7 +103,7 @@ def test_map_matches_scipy_minimum_of_the_same_posterior():
         truth = torch.from_numpy(rng.normal(size=(2, 2)))
         data = (model.decoder(truth) + 0.3 * torch.from_numpy(rng.normal(size=(2, 12)))).numpy()
     result = latent_posterior(model, data, method="map", total_iterations=3)
-    precision = float(torch.exp(-model.xi_n))
+    precision = torch.exp(-model.xi_n).item()
     for b in range(2):
         def energy(z):
             with torch.no_grad():
