@@ -143,8 +143,7 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
             initial_position=position, output_directory=None, plot_energy_history=False,
             plot_minisanity_history=False, return_final_position=False)
     if method == "map":
-        point = samples.local_item(0) if hasattr(samples, "local_item") else None
-        point = point if point is not None else next(iter(samples.iterator()))
+        point = next(iter(samples.iterator()))  # MAP: the list holds the one position
         mean = point[LATENT_KEY].val
         covariance = np.linalg.inv(metric_blocks(likelihood, point))
         return LatentPosterior(mean, covariance, None, point)

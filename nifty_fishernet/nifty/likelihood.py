@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import nifty8 as ift
 import numpy as np
 import torch
@@ -53,8 +55,6 @@ def decoder_operator(model, batch, dtype=torch.float64):
     _require_eval(model)
     decoder = model.decoder
     if next(decoder.parameters()).dtype != dtype:
-        import copy
-
         decoder = copy.deepcopy(decoder).to(dtype)
     for p in decoder.parameters():
         p.requires_grad_(False)
