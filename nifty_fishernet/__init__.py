@@ -12,6 +12,8 @@ from .fisher import (decoder_jacobian, draw_metric_noise, inverse_metric_offsets
                      inverse_metric_offsets_cholesky, metric_from_jacobian, principal_axes)
 from .metrics import reconstruction_mse
 from .models import MLP, ConvVAE, FisherNet, LatentModel, VAE
+from .nifty import (FisherNetLikelihood, LatentPosterior, TorchOperator, decoder_likelihood,
+                    infer_latents, latent_posterior)
 from .training import TrainingDivergedError, train
 
 __all__ = [
@@ -24,4 +26,7 @@ __all__ = [
     # data, training, evaluation, checkpoints
     "load_fashion_mnist", "DatasetNotFoundError", "train", "TrainingDivergedError",
     "reconstruction_mse", "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
+    # NIFTy bridge
+    "TorchOperator", "FisherNetLikelihood", "decoder_likelihood", "latent_posterior",
+    "infer_latents", "LatentPosterior",
 ]

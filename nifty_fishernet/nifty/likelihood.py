@@ -10,10 +10,13 @@ import torch
 
 from .operator import TorchOperator
 
-__all__ = ["LATENT_KEY", "decoder_operator", "FisherNetLikelihood", "as_data_batch"]
+__all__ = ["LATENT_KEY", "NOISE_KEY", "decoder_operator", "decoder_likelihood",
+           "FisherNetLikelihood", "as_data_batch", "noise_variance_operator"]
 
 #: Key of the latent field in every likelihood's MultiDomain.
 LATENT_KEY = "latent"
+#: Key of the standard-normal noise parameter ``xi_N`` when the noise level is inferred.
+NOISE_KEY = "xi_noise"
 
 
 def as_data_batch(data, data_dim):
@@ -38,8 +41,19 @@ def _require_eval(model):
                            f"so that its decoder is a fixed function during inference")
 
 
+def _frozen(decoder, dtype):
+    """``decoder`` in ``dtype`` with gradients off (a copy when the dtype changes)."""
+    if isinstance(decoder, torch.nn.Module):
+        parameters = list(decoder.parameters())
+        if parameters and parameters[0].dtype != dtype:
+            decoder = copy.deepcopy(decoder).to(dtype)
+        for p in decoder.parameters():
+            p.requires_grad_(False)
+    return decoder
+
+
 def decoder_operator(model, batch, dtype=torch.float64):
-    """The decoder as a NIFTy operator ``{latent: (B, d)} -> (B, k)``.
+    """The decoder of a trained model as a NIFTy operator ``{latent: (B, d)} -> (B, k)``.
 
     Parameters
     ----------
@@ -53,17 +67,102 @@ def decoder_operator(model, batch, dtype=torch.float64):
         Computation precision.
     """
     _require_eval(model)
-    decoder = model.decoder
-    if next(decoder.parameters()).dtype != dtype:
-        decoder = copy.deepcopy(decoder).to(dtype)
-    for p in decoder.parameters():
-        p.requires_grad_(False)
-    latent = ift.UnstructuredDomain((batch, model.latent_dim))
-    output = ift.UnstructuredDomain((batch, model.data_dim))
-    return TorchOperator(latent, output, decoder, dtype=dtype).ducktape(LATENT_KEY)
+    return _latent_operator(model.decoder, batch, model.latent_dim, model.data_dim, dtype,
+                            model.device)
 
 
-def FisherNetLikelihood(model, data, response=None, noise=None, dtype=torch.float64):
+def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device):
+    latent = ift.UnstructuredDomain((batch, latent_dim))
+    output = ift.UnstructuredDomain((batch, data_dim))
+    return TorchOperator(latent, output, _frozen(decoder, dtype), dtype=dtype,
+                         device=device).ducktape(LATENT_KEY)
+
+
+def noise_variance_operator(domain, mean=0.0, std=1.0):
+    """``exp(mean + std * xi)`` broadcast over ``domain``, ``xi`` standard normal (key
+    :data:`NOISE_KEY`): a log-normal noise variance as a NIFTy model.
+
+    With ``mean=0, std=1`` the prior is the FisherNet's own prior on ``xi_N`` (Eq. 5).
+    """
+    domain = ift.makeDomain(domain)
+    scalar = ift.DomainTuple.scalar_domain()
+    log_variance = (ift.Adder(ift.full(scalar, float(mean)))
+                    @ ift.ScalingOperator(scalar, float(std)).ducktape(NOISE_KEY))
+    broadcast = ift.ContractionOperator(domain, None).adjoint
+    return broadcast @ log_variance.exp()
+
+
+def decoder_likelihood(decoder, latent_dim, data, noise=1.0, response=None,
+                       dtype=torch.float64, device="cpu", infer_noise=False,
+                       noise_prior=(0.0, 1.0)):
+    """Gaussian likelihood ``d = R(f(z)) + n``, ``n ~ N(0, noise)``, for any torch decoder.
+
+    The building block of :func:`FisherNetLikelihood`; use it directly for a decoder that is
+    not a trained model of this package (e.g. a known generative process).
+
+    Parameters
+    ----------
+    decoder : callable
+        Torch module or function ``(B, d) -> (B, k)``.
+    latent_dim : int
+        ``d``.
+    data : array-like
+        ``(B, k)`` without a response, else of the response target's shape.
+    noise : float
+        Noise variance (ignored when ``infer_noise``).
+    response : ift.LinearOperator, optional
+        Linear map from ``UnstructuredDomain((B, k))`` to the data domain. Default identity.
+    dtype, device
+        Precision and device of the decoder evaluation.
+    infer_noise : bool
+        Infer the noise variance as well: ``exp(mean + std * xi)`` with ``xi`` standard
+        normal under key :data:`NOISE_KEY` (``noise_prior = (mean, std)``), through
+        ``ift.VariableCovarianceGaussianEnergy``.
+    """
+    data = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)
+    if response is None:
+        if data.ndim != 2:
+            raise ValueError(f"data must have shape (batch, data_dim), got {data.shape}")
+        data = as_data_batch(data, data.shape[1])
+        batch, data_dim = data.shape
+        signal = _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device)
+    else:
+        if not isinstance(response, ift.LinearOperator):
+            raise TypeError(f"response must be an ift.LinearOperator, got "
+                            f"{type(response).__name__}")
+        shape = response.domain.shape
+        if len(shape) != 2:
+            raise ValueError(f"the response's domain has shape {shape}; it must be the decoder "
+                             f"output (batch, data_dim)")
+        if not np.issubdtype(data.dtype, np.floating):
+            raise TypeError(f"data must be floating point, got dtype {data.dtype}")
+        if data.shape != response.target.shape:
+            raise ValueError(f"data have shape {data.shape}, the response's target has shape "
+                             f"{response.target.shape}")
+        if not np.all(np.isfinite(data)):
+            raise ValueError("data contain non-finite values")
+        data = data.astype(np.float64)
+        signal = response @ _latent_operator(decoder, shape[0], latent_dim, shape[1], dtype,
+                                             device)
+    data_field = ift.makeField(signal.target, data)
+    if infer_noise:
+        mean, std = noise_prior
+        residual = (ift.Adder(data_field, neg=True) @ signal).ducktape_left("residual")
+        # exp(-(mean + std xi)): the inverse variance, with the same xi.
+        precision = (noise_variance_operator(signal.target, -mean, -std)
+                     .ducktape_left("inverse_covariance"))
+        energy = ift.VariableCovarianceGaussianEnergy(signal.target, "residual",
+                                                      "inverse_covariance", np.float64)
+        return energy @ (residual + precision)
+    noise = float(noise)
+    if not noise > 0 or not np.isfinite(noise):
+        raise ValueError(f"noise variance must be positive and finite, got {noise}")
+    inverse_covariance = ift.ScalingOperator(signal.target, noise, np.float64).inverse
+    return ift.GaussianEnergy(data_field, inverse_covariance=inverse_covariance) @ signal
+
+
+def FisherNetLikelihood(model, data, response=None, noise=None, dtype=torch.float64,
+                        infer_noise=False):
     """Gaussian likelihood ``d = R(f_theta(z)) + n`` of a trained decoder, for NIFTy.
 
     The latent prior is NIFTy's standard one (``ift.StandardHamiltonian`` adds ``|z|^2 / 2``),
@@ -85,43 +184,24 @@ def FisherNetLikelihood(model, data, response=None, noise=None, dtype=torch.floa
         Noise variance; default the model's learned ``exp(xi_N)``.
     dtype : torch.dtype
         Precision of the decoder evaluation.
+    infer_noise : bool
+        Infer the noise variance too, as ``exp(xi_N)`` with the FisherNet's standard-normal
+        prior on ``xi_N`` (a second key, :data:`NOISE_KEY`, in the domain).
 
     Returns
     -------
     ift.LikelihoodEnergyOperator
-        Domain ``MultiDomain({"latent": UnstructuredDomain((B, d))})``; it provides
-        ``get_transformation`` (geoVI) and normalized residuals.
+        Domain ``MultiDomain({"latent": UnstructuredDomain((B, d))})`` (plus ``"xi_noise"``
+        when inferring the noise); it provides ``get_transformation`` (geoVI) and normalized
+        residuals.
     """
     _require_eval(model)
     if response is None:
         data = as_data_batch(data, model.data_dim)
-        batch = data.shape[0]
-        signal = decoder_operator(model, batch, dtype)
-        data_domain = signal.target
-    else:
-        if not isinstance(response, ift.LinearOperator):
-            raise TypeError(f"response must be an ift.LinearOperator, got "
-                            f"{type(response).__name__}")
-        shape = response.domain.shape
-        if len(shape) != 2 or shape[1] != model.data_dim:
-            raise ValueError(f"the response's domain has shape {shape}; it must be the decoder "
-                             f"output (batch, {model.data_dim})")
-        batch = shape[0]
-        data_domain = response.target
-        data = np.asarray(data, dtype=np.float64)
-        if data.shape != data_domain.shape:
-            raise ValueError(f"data have shape {data.shape}, the response's target has shape "
-                             f"{data_domain.shape}")
-        if not np.all(np.isfinite(data)):
-            raise ValueError("data contain non-finite values")
-        signal = decoder_operator(model, batch, dtype)
-        if signal.target != response.domain:
-            raise ValueError(f"the response's domain {response.domain} does not match the "
-                             f"decoder output {signal.target}")
-        signal = response @ signal
-    variance = float(np.exp(model.noise.xi.item())) if noise is None else float(noise)
-    if not variance > 0 or not np.isfinite(variance):
-        raise ValueError(f"noise variance must be positive and finite, got {variance}")
-    inverse_covariance = ift.ScalingOperator(data_domain, variance, np.float64).inverse
-    return ift.GaussianEnergy(ift.makeField(data_domain, data),
-                              inverse_covariance=inverse_covariance) @ signal
+    elif isinstance(response, ift.LinearOperator) and (
+            len(response.domain.shape) != 2 or response.domain.shape[1] != model.data_dim):
+        raise ValueError(f"the response's domain has shape {response.domain.shape}; it must "
+                         f"be the decoder output (batch, {model.data_dim})")
+    variance = float(np.exp(model.noise.xi.item())) if noise is None else noise
+    return decoder_likelihood(model.decoder, model.latent_dim, data, variance, response,
+                              dtype=dtype, device=model.device, infer_noise=infer_noise)

@@ -1,0 +1,244 @@
+"""Latent posteriors against the exact (grid) posterior on 2-D toy problems.
+
+For each toy problem (``banana``: an analytic map into 16 dimensions with strongly curved
+posteriors; ``random_mlp``: a small random-weight network) this trains a FisherNet and a VAE
+(with learned noise) on draws of the generative process and compares, on held-out data
+points, the exact posterior computed on a grid with
+
+- the FisherNet's amortized posterior ``N(mu_enc, M^-1(mu_enc))``;
+- the VAE's diagonal Gaussian;
+- a Laplace approximation at the MAP (true decoder, NIFTy MAP);
+- MGVI and geoVI through NIFTy (``ift.optimize_kl``), with the true decoder and with the
+  FisherNet's learned decoder and noise level.
+
+Metrics per method (averaged over the data points): KL(p||q), KL(q||p), error of the posterior
+mean in posterior standard deviations, coverage of q's 68% and 95% highest-density regions
+(how often they contain the true latent), seconds per data point. Writes ``results.json``,
+``table.md`` and ``posteriors.png`` into the output folder. About 8 minutes on 2 CPU cores
+with the defaults::
+
+    python demos/toy_comparison.py [--out output/toy_comparison] [--n-test 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import nifty_fishernet as nf  # noqa: E402
+from nifty_fishernet.nifty import decoder_likelihood, infer_latents, metric_blocks  # noqa: E402
+from nifty_fishernet.toy import (LatentGrid, banana_problem, compare_on_grid,  # noqa: E402
+                                 exact_log_posterior, gaussian_log_density, geovi_log_density,
+                                 random_mlp_problem)
+
+PROBLEMS = {"banana": banana_problem, "random_mlp": random_mlp_problem}
+#: Methods shown in the figure (all are in the table).
+SHOWN = ("FisherNet amortized", "VAE diagonal", "Laplace at MAP", "MGVI (true f)",
+         "geoVI (true f)")
+COLORS = dict(zip(SHOWN, ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple")))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("output/toy_comparison"))
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--n-test", type=int, default=200, help="held-out data points")
+    parser.add_argument("--n-train", type=int, default=20000, help="training draws")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--n-samples", type=int, default=5,
+                        help="MGVI/geoVI antithetic sample pairs per KL iteration")
+    parser.add_argument("--iterations", type=int, default=3, help="optimize_kl iterations")
+    parser.add_argument("--grid-points", type=int, default=401, help="grid nodes per axis")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def train_models(problem, args):
+    """A FisherNet and a VAE with learned noise, trained on draws of the process."""
+    _, x_train = problem.sample(args.n_train, seed=args.seed + 1)
+    _, x_val = problem.sample(2000, seed=args.seed + 2)
+    models = {"FisherNet": nf.FisherNet(2, problem.data_dim, hidden=64, layers=2),
+              "VAE": nf.VAE(2, problem.data_dim, hidden=64, layers=2, learn_noise=True)}
+    for name, model in models.items():
+        torch.manual_seed(args.seed)
+        nf.train(model, x_train.float(), x_val.float(), args.epochs, batch_size=128, lr=3e-3,
+                 device="cpu", seed=args.seed, progress=not args.no_progress)
+        models[name] = model.double().eval()
+    return models
+
+
+def nifty_metric_covariance(likelihood, position):
+    """MGVI's (and Laplace's) covariance: the inverse of NIFTy's metric at ``position``."""
+    return np.linalg.inv(metric_blocks(likelihood, position))
+
+
+def approximations(problem, models, x, grid, args):
+    """``{method: (log_q, seconds per datum)}`` for the held-out data ``x``."""
+    fishernet, vae = models["FisherNet"], models["VAE"]
+    n = x.shape[0]
+    out = {}
+    began = time.perf_counter()
+    with torch.no_grad():
+        mu, cov = fishernet.posterior(x)
+    out["FisherNet amortized"] = (gaussian_log_density(mu, cov.detach()),
+                                  (time.perf_counter() - began) / n)
+    began = time.perf_counter()
+    with torch.no_grad():
+        mu_vae, cov_vae = vae.posterior(x)
+    out["VAE diagonal"] = (gaussian_log_density(mu_vae, cov_vae),
+                           (time.perf_counter() - began) / n)
+
+    initial = mu.numpy()  # every NIFTy run starts from the encoder's mean
+    truth_lh = decoder_likelihood(problem.decoder, 2, x.numpy(), problem.noise_variance)
+    learned_lh = nf.FisherNetLikelihood(fishernet, x.numpy())
+    learned_noise = math.exp(fishernet.xi_n.item())
+    kw = dict(n_samples=args.n_samples, total_iterations=args.iterations, seed=args.seed)
+    runs = [("Laplace at MAP", truth_lh, "map"), ("MGVI (true f)", truth_lh, "mgvi"),
+            ("geoVI (true f)", truth_lh, "geovi"), ("MGVI (learned f)", learned_lh, "mgvi"),
+            ("geoVI (learned f)", learned_lh, "geovi")]
+    for name, likelihood, method in tqdm(runs, desc=f"{problem.name}: NIFTy", leave=False,
+                                         disable=args.no_progress):
+        result = infer_latents(likelihood, initial, method, **kw)
+        point = result.position
+        expansion = torch.tensor(point["latent"].val)
+        decoder, noise = ((problem.decoder, problem.noise_variance) if "true" in name
+                          or method == "map" else (fishernet.decoder, learned_noise))
+        if method == "geovi":
+            log_q = geovi_log_density(decoder, noise, expansion, grid)
+        else:  # MGVI's q and Laplace: N(expansion point, inverse NIFTy metric there)
+            log_q = gaussian_log_density(expansion, nifty_metric_covariance(likelihood, point))
+        out[name] = (log_q, result.seconds / n)
+    return out
+
+
+def summarise(metrics):
+    return {
+        "kl_pq_mean": float(np.mean(metrics["kl_pq"])),
+        "kl_pq_median": float(np.median(metrics["kl_pq"])),
+        "kl_qp_mean": float(np.mean(metrics["kl_qp"])),
+        "kl_qp_median": float(np.median(metrics["kl_qp"])),
+        "mean_error_sigma": float(np.mean(metrics["mean_error_sigma"])),
+        "std_ratio_median": float(np.median(metrics["std_ratio"])),
+        "coverage_68": float(np.mean(metrics["covered_68"])),
+        "coverage_95": float(np.mean(metrics["covered_95"])),
+    }
+
+
+def hpd_contours(ax, grid, log_density, color, label, filled=False):
+    """Draw the 68% and 95% highest-density contours of one datum's density."""
+    values = torch.softmax(log_density, -1)
+    order = torch.sort(values, descending=True).values
+    mass = torch.cumsum(order, 0)
+    levels = sorted({float(order[min(int(torch.searchsorted(mass, m)), order.numel() - 1)])
+                     for m in (0.95, 0.68)})
+    image = values.reshape(grid.n, grid.n).T.numpy()
+    axis = grid.axis.numpy()
+    if filled:
+        ax.contourf(axis, axis, image, levels=levels + [float(values.max()) * 1.01],
+                    colors=["0.85", "0.6"])
+    else:
+        ax.contour(axis, axis, image, levels=levels, colors=[color], linewidths=1.0)
+    ax.plot([], [], color=color, label=label)
+
+
+def plot_posteriors(path, panels):
+    fig, axes = plt.subplots(len(panels), 4, figsize=(13, 3.3 * len(panels)), squeeze=False)
+    for row, (problem_name, grid, log_p, log_qs, truth, picks) in zip(axes, panels):
+        for ax, b in zip(row, picks):
+            rows = slice(b, b + 1)
+            points = grid.points
+            hpd_contours(ax, grid, log_p(points, rows)[0], "0.4", "exact (grid)", filled=True)
+            for name in SHOWN:
+                hpd_contours(ax, grid, log_qs[name][0](points, rows)[0], COLORS[name], name)
+            ax.plot(*truth[b].numpy(), "k*", ms=9, label="true z")
+            ax.set_title(f"{problem_name}, datum {b}")
+            centre = truth[b].numpy()
+            ax.set_xlim(centre[0] - 2.5, centre[0] + 2.5)
+            ax.set_ylim(centre[1] - 2.5, centre[1] + 2.5)
+            ax.set_xlabel("$z_1$")
+            ax.set_ylabel("$z_2$")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Exact posterior (grey: 68%/95% regions) and approximations (68%/95% contours)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_table(results):
+    lines = []
+    for problem_name, rows in results.items():
+        lines += [f"### {problem_name}", "",
+                  "| method | KL(p‖q) mean / median | KL(q‖p) mean / median | mean error [σ] "
+                  "| median std ratio | coverage 68% | coverage 95% | s / datum |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, row in rows.items():
+            lines.append(
+                f"| {name} | {row['kl_pq_mean']:.3f} / {row['kl_pq_median']:.3f} "
+                f"| {row['kl_qp_mean']:.3f} / {row['kl_qp_median']:.3f} "
+                f"| {row['mean_error_sigma']:.3f} | {row['std_ratio_median']:.2f} "
+                f"| {row['coverage_68']:.2f} | {row['coverage_95']:.2f} "
+                f"| {row['seconds_per_datum']:.2e} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    grid = LatentGrid(points=args.grid_points)
+    results, panels, started = {}, [], time.perf_counter()
+    for problem_name in args.problems:
+        problem = PROBLEMS[problem_name](seed=args.seed)
+        models = train_models(problem, args)
+        truth, x = problem.sample(args.n_test, seed=args.seed + 3)
+        log_p = exact_log_posterior(problem.decoder, problem.noise_variance, x)
+        began = time.perf_counter()
+        exact_metrics = compare_on_grid(grid, log_p, log_p, truth)
+        exact_seconds = (time.perf_counter() - began) / args.n_test
+        rows = {"exact (grid)": {**summarise(exact_metrics),
+                                 "seconds_per_datum": exact_seconds}}
+        log_qs = approximations(problem, models, x, grid, args)
+        per_datum_kl = {}
+        for name, (log_q, seconds) in tqdm(log_qs.items(), desc=f"{problem_name}: grid",
+                                           leave=False, disable=args.no_progress):
+            metrics = compare_on_grid(grid, log_p, log_q, truth)
+            rows[name] = {**summarise(metrics), "seconds_per_datum": seconds}
+            per_datum_kl[name] = metrics["kl_pq"]
+        results[problem_name] = rows
+        # Show the two data where MGVI does worst and two typical ones.
+        worst = np.argsort(per_datum_kl["MGVI (true f)"])
+        picks = [int(worst[-1]), int(worst[-2]), int(worst[len(worst) // 2]), int(worst[0])]
+        panels.append((problem_name, grid, log_p, log_qs, truth, picks))
+        print(f"{problem_name}: resolution {grid.resolution(log_p(grid.points)):.1f} grid "
+              f"spacings per smallest posterior sigma")
+    plot_posteriors(args.out / "posteriors.png", panels)
+    table = markdown_table(results)
+    (args.out / "table.md").write_text(table + "\n")
+    report = {"settings": {k: (str(v) if isinstance(v, Path) else v)
+                           for k, v in vars(args).items()},
+              "hardware": f"{platform.processor() or platform.machine()}, "
+                          f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+              "seconds": time.perf_counter() - started, "results": results}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    print(table)
+    print(f"total {report['seconds']:.0f} s; wrote {args.out}/results.json, table.md, "
+          f"posteriors.png")
+    return report
+
+
+if __name__ == "__main__":
+    main()
