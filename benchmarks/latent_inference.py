@@ -50,7 +50,7 @@ def main(argv=None):
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; MGVI, {args.n_samples} sample pairs, "
           f"{args.iterations} KL iterations, decoder in {args.dtype}")
-    print(f"{'B':>5} {'seconds':>9} {'s/image':>9} {'ratio vs B=1':>13}")
+    print(f"{'B':>5} {'seconds':>9} {'s/image':>9} {'ratio vs first B':>13}")
     per_image = {}
     for batch in args.batches:
         best = float("inf")

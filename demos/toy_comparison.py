@@ -8,13 +8,19 @@ points, the exact posterior computed on a grid with
 - the FisherNet's amortized posterior ``N(mu_enc, M^-1(mu_enc))``;
 - the VAE's diagonal Gaussian;
 - a Laplace approximation at the MAP (true decoder, NIFTy MAP);
-- MGVI and geoVI through NIFTy (``ift.optimize_kl``), with the true decoder and with the
-  FisherNet's learned decoder and noise level.
+- MGVI and geoVI through NIFTy (``ift.optimize_kl``), with the true decoder (started from
+  the MAP) and with the FisherNet's learned decoder and noise level (started from the
+  encoder's mean).
+
+A learned model's latent coordinates are identified only up to a rotation or reflection (the
+N(0, 1) prior has that symmetry), so learned posteriors are rotated into the true coordinates
+by orthogonal Procrustes on training draws; the rms residual of that alignment is reported,
+since no learned posterior can match p better than its coordinates match the true ones.
 
 Metrics per method (averaged over the data points): KL(p||q), KL(q||p), error of the posterior
 mean in posterior standard deviations, coverage of q's 68% and 95% highest-density regions
 (how often they contain the true latent), seconds per data point. Writes ``results.json``,
-``table.md`` and ``posteriors.png`` into the output folder. About 8 minutes on 2 CPU cores
+``table.md`` and ``posteriors.png`` into the output folder. About 7 minutes on 2 CPU cores
 with the defaults::
 
     python demos/toy_comparison.py [--out output/toy_comparison] [--n-test 200]
@@ -35,6 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy.linalg import orthogonal_procrustes  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import nifty_fishernet as nf  # noqa: E402
@@ -56,7 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--n-test", type=int, default=200, help="held-out data points")
     parser.add_argument("--n-train", type=int, default=20000, help="training draws")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--n-samples", type=int, default=5,
                         help="MGVI/geoVI antithetic sample pairs per KL iteration")
     parser.add_argument("--iterations", type=int, default=3, help="optimize_kl iterations")
@@ -85,43 +92,93 @@ def nifty_metric_covariance(likelihood, position):
     return np.linalg.inv(metric_blocks(likelihood, position))
 
 
+def latent_alignment(problem, model, args):
+    """Orthogonal ``R`` with ``mu_enc(x) R ~ z`` on training draws, and its rms residual.
+
+    A learned model's latent coordinates are identified only up to the symmetries of the
+    prior: any rotation or reflection of ``z`` gives the same N(0, 1), so the learned
+    decoder is at best ``f(z R)``. Orthogonal Procrustes on the encoder means finds that
+    rotation; its residual says how far the learned coordinates are from the true ones
+    beyond it (learned approximations cannot be closer to p than that allows).
+    """
+    z, x = problem.sample(5000, seed=args.seed + 1)
+    with torch.no_grad():
+        mu = model.posterior(x)[0].numpy()
+    rotation, _ = orthogonal_procrustes(mu, z.numpy())
+    residual = float(np.sqrt(((mu @ rotation - z.numpy()) ** 2).sum(1).mean()))
+    return torch.from_numpy(rotation), residual
+
+
+def in_true_coordinates(log_q, rotation):
+    """A density over learned latents ``u`` as one over ``z = u R`` (``|det R| = 1``)."""
+    cache = {}
+
+    def log_density(points, rows=slice(None)):
+        if cache.get("points") is not points:  # same points, same rotated tensor
+            cache.update(points=points, rotated=points @ rotation.T)
+        return log_q(cache["rotated"], rows)
+    return log_density
+
+
 def approximations(problem, models, x, grid, args):
-    """``{method: (log_q, seconds per datum)}`` for the held-out data ``x``."""
+    """``{method: (log_q, seconds per datum)}`` for the held-out data ``x``, and the
+    alignment residuals of the learned models."""
     fishernet, vae = models["FisherNet"], models["VAE"]
     n = x.shape[0]
+    rotations, alignment = {}, {}
+    for name, model in models.items():
+        rotations[name], alignment[name] = latent_alignment(problem, model, args)
     out = {}
     began = time.perf_counter()
     with torch.no_grad():
         mu, cov = fishernet.posterior(x)
-    out["FisherNet amortized"] = (gaussian_log_density(mu, cov.detach()),
+    out["FisherNet amortized"] = (in_true_coordinates(gaussian_log_density(mu, cov),
+                                                      rotations["FisherNet"]),
                                   (time.perf_counter() - began) / n)
     began = time.perf_counter()
     with torch.no_grad():
         mu_vae, cov_vae = vae.posterior(x)
-    out["VAE diagonal"] = (gaussian_log_density(mu_vae, cov_vae),
+    out["VAE diagonal"] = (in_true_coordinates(gaussian_log_density(mu_vae, cov_vae),
+                                               rotations["VAE"]),
                            (time.perf_counter() - began) / n)
 
-    initial = mu.numpy()  # every NIFTy run starts from the encoder's mean
     truth_lh = decoder_likelihood(problem.decoder, 2, x.numpy(), problem.noise_variance)
     learned_lh = nf.FisherNetLikelihood(fishernet, x.numpy())
     learned_noise = math.exp(fishernet.xi_n.item())
     kw = dict(n_samples=args.n_samples, total_iterations=args.iterations, seed=args.seed)
-    runs = [("Laplace at MAP", truth_lh, "map"), ("MGVI (true f)", truth_lh, "mgvi"),
-            ("geoVI (true f)", truth_lh, "geovi"), ("MGVI (learned f)", learned_lh, "mgvi"),
-            ("geoVI (learned f)", learned_lh, "geovi")]
-    for name, likelihood, method in tqdm(runs, desc=f"{problem.name}: NIFTy", leave=False,
-                                         disable=args.no_progress):
+    progress = tqdm(total=5, desc=f"{problem.name}: NIFTy", leave=False,
+                    disable=args.no_progress)
+    # The true decoder's runs start from the FisherNet's (aligned) encoder mean: MAP first,
+    # then MGVI and geoVI from the MAP, as one would with any NIFTy model.
+    aligned_mu = (mu @ rotations["FisherNet"]).numpy()
+    result = infer_latents(truth_lh, aligned_mu, "map", **kw)
+    out["Laplace at MAP"] = (gaussian_log_density(result.mean, result.covariance),
+                             result.seconds / n)
+    map_point, map_seconds = result.mean, result.seconds
+    progress.update()
+    runs = [("MGVI (true f)", truth_lh, "mgvi", map_point),
+            ("geoVI (true f)", truth_lh, "geovi", map_point),
+            ("MGVI (learned f)", learned_lh, "mgvi", mu.numpy()),
+            ("geoVI (learned f)", learned_lh, "geovi", mu.numpy())]
+    for name, likelihood, method, initial in runs:
         result = infer_latents(likelihood, initial, method, **kw)
-        point = result.position
-        expansion = torch.tensor(point["latent"].val)
-        decoder, noise = ((problem.decoder, problem.noise_variance) if "true" in name
-                          or method == "map" else (fishernet.decoder, learned_noise))
+        expansion = torch.tensor(result.position["latent"].val)
+        true = "true" in name
+        decoder, noise = ((problem.decoder, problem.noise_variance) if true
+                          else (fishernet.decoder, learned_noise))
         if method == "geovi":
+            # geoVI's branch is found on the grid of the decoder's own coordinates.
             log_q = geovi_log_density(decoder, noise, expansion, grid)
-        else:  # MGVI's q and Laplace: N(expansion point, inverse NIFTy metric there)
-            log_q = gaussian_log_density(expansion, nifty_metric_covariance(likelihood, point))
-        out[name] = (log_q, result.seconds / n)
-    return out
+        else:  # MGVI's q: N(expansion point, inverse NIFTy metric there)
+            log_q = gaussian_log_density(
+                expansion, np.linalg.inv(metric_blocks(likelihood, result.position)))
+        if not true:
+            log_q = in_true_coordinates(log_q, rotations["FisherNet"])
+        seconds = result.seconds + (map_seconds if true else 0.0)
+        out[name] = (log_q, seconds / n)
+        progress.update()
+    progress.close()
+    return out, alignment
 
 
 def summarise(metrics):
@@ -177,10 +234,16 @@ def plot_posteriors(path, panels):
     plt.close(fig)
 
 
-def markdown_table(results):
+def markdown_table(results, learned):
     lines = []
     for problem_name, rows in results.items():
+        info = learned[problem_name]
         lines += [f"### {problem_name}", "",
+                  f"Learned noise std: FisherNet {info['FisherNet']['noise_std']:.3f}, VAE "
+                  f"{info['VAE']['noise_std']:.3f} (true {info['true noise_std']:.3f}). "
+                  f"Learned latents after the best rotation, rms distance from the true z: "
+                  f"FisherNet {info['FisherNet']['alignment_rms']:.2f}, VAE "
+                  f"{info['VAE']['alignment_rms']:.2f}.", "",
                   "| method | KL(p‖q) mean / median | KL(q‖p) mean / median | mean error [σ] "
                   "| median std ratio | coverage 68% | coverage 95% | s / datum |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -200,7 +263,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     grid = LatentGrid(points=args.grid_points)
-    results, panels, started = {}, [], time.perf_counter()
+    results, learned, panels, started = {}, {}, [], time.perf_counter()
     for problem_name in args.problems:
         problem = PROBLEMS[problem_name](seed=args.seed)
         models = train_models(problem, args)
@@ -211,7 +274,7 @@ def main(argv=None):
         exact_seconds = (time.perf_counter() - began) / args.n_test
         rows = {"exact (grid)": {**summarise(exact_metrics),
                                  "seconds_per_datum": exact_seconds}}
-        log_qs = approximations(problem, models, x, grid, args)
+        log_qs, alignment = approximations(problem, models, x, grid, args)
         per_datum_kl = {}
         for name, (log_q, seconds) in tqdm(log_qs.items(), desc=f"{problem_name}: grid",
                                            leave=False, disable=args.no_progress):
@@ -219,6 +282,10 @@ def main(argv=None):
             rows[name] = {**summarise(metrics), "seconds_per_datum": seconds}
             per_datum_kl[name] = metrics["kl_pq"]
         results[problem_name] = rows
+        learned[problem_name] = {
+            name: {"noise_std": model.noise_std, "alignment_rms": alignment[name]}
+            for name, model in models.items()}
+        learned[problem_name]["true noise_std"] = problem.noise_variance ** 0.5
         # Show the two data where MGVI does worst and two typical ones.
         worst = np.argsort(per_datum_kl["MGVI (true f)"])
         picks = [int(worst[-1]), int(worst[-2]), int(worst[len(worst) // 2]), int(worst[0])]
@@ -226,13 +293,14 @@ def main(argv=None):
         print(f"{problem_name}: resolution {grid.resolution(log_p(grid.points)):.1f} grid "
               f"spacings per smallest posterior sigma")
     plot_posteriors(args.out / "posteriors.png", panels)
-    table = markdown_table(results)
+    table = markdown_table(results, learned)
     (args.out / "table.md").write_text(table + "\n")
     report = {"settings": {k: (str(v) if isinstance(v, Path) else v)
                            for k, v in vars(args).items()},
               "hardware": f"{platform.processor() or platform.machine()}, "
                           f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-              "seconds": time.perf_counter() - started, "results": results}
+              "seconds": time.perf_counter() - started, "results": results,
+              "learned_models": learned}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     print(table)
     print(f"total {report['seconds']:.0f} s; wrote {args.out}/results.json, table.md, "

@@ -74,8 +74,11 @@ def decoder_operator(model, batch, dtype=torch.float64):
 def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device):
     latent = ift.UnstructuredDomain((batch, latent_dim))
     output = ift.UnstructuredDomain((batch, data_dim))
-    return TorchOperator(latent, output, _frozen(decoder, dtype), dtype=dtype,
-                         device=device).ducktape(LATENT_KEY)
+    decoder = _frozen(decoder, dtype)
+    # Decoders of this package form their per-datum Jacobians in one fused pass.
+    row_jacobian = getattr(decoder, "forward_with_jacobian", None)
+    return TorchOperator(latent, output, decoder, dtype=dtype, device=device,
+                         row_jacobian=row_jacobian).ducktape(LATENT_KEY)
 
 
 def noise_variance_operator(domain, mean=0.0, std=1.0):

@@ -67,14 +67,23 @@ class TorchOperator(ift.Operator):
     device : str or torch.device, optional
         Where the computation runs; default: the device of ``function``'s parameters if it is a
         module, else CPU. A network trained on CUDA stays there.
+    row_jacobian : callable, optional
+        For a function that maps each row of a ``(B, d)`` input to the same row of its
+        ``(B, k)`` output independently (a decoder): ``x -> (value, jt)`` with ``jt`` the
+        ``(B, d, k)`` transposed per-row Jacobians (e.g. ``MLP.forward_with_jacobian``).
+        A Linearization then forms them once, and every Jacobian application is a batched
+        matrix-vector product instead of a forward- or reverse-mode pass.
 
     Notes
     -----
-    A Linearization costs one forward pass (kept for the adjoint) plus one forward-mode pass per
-    Jacobian application, as for ``ift.JaxOperator``.
+    Without ``row_jacobian``, a Linearization costs one forward pass (kept for the adjoint)
+    plus one forward-mode pass per Jacobian application, as for ``ift.JaxOperator``. With
+    it, the Jacobian applications cost next to nothing: for small latent dimensions this is
+    the fast path (``torch.func.jvp`` of a 4-layer MLP at B = 1 costs ~50 forward passes).
     """
 
-    def __init__(self, domain, target, function, dtype=torch.float64, device=None):
+    def __init__(self, domain, target, function, dtype=torch.float64, device=None,
+                 row_jacobian=None):
         self._domain = ift.makeDomain(domain)
         self._target = ift.makeDomain(target)
         if device is None and isinstance(function, torch.nn.Module):
@@ -83,6 +92,12 @@ class TorchOperator(ift.Operator):
         self._function = function
         self._dtype = dtype
         self._device = torch.device(device or "cpu")
+        if row_jacobian is not None and not (
+                isinstance(self._domain, ift.DomainTuple) and len(self._domain.shape) == 2
+                and isinstance(self._target, ift.DomainTuple) and len(self._target.shape) == 2
+                and self._domain.shape[0] == self._target.shape[0]):
+            raise ValueError("row_jacobian needs a (B, d) domain and a (B, k) target")
+        self._row_jacobian = row_jacobian
 
     def _check_output(self, value):
         multi = isinstance(self._target, ift.MultiDomain)
@@ -113,6 +128,8 @@ class TorchOperator(ift.Operator):
             self._check_output(value)
             return ift.makeField(self._target, _to_numpy(value))
         point = _to_torch(x.val.val, self._dtype, self._device)
+        if self._row_jacobian is not None:
+            return self._explicit_linearization(x, point)
         value, vjp_fn = torch.func.vjp(self._function, point)
         self._check_output(value)
         value = _to_numpy(value)
@@ -128,6 +145,20 @@ class TorchOperator(ift.Operator):
 
         jac = TorchJacobian(self._domain, self._target, jvp, vjp, self._dtype, self._device)
         return x.new(ift.makeField(self._target, value), jac)
+
+    def _explicit_linearization(self, x, point):
+        with torch.no_grad():
+            value, jt = self._row_jacobian(point)
+        self._check_output(value)
+
+        def jvp(tangent):
+            return torch.einsum("bdk,bd->bk", jt, tangent)
+
+        def vjp(cotangent):
+            return torch.einsum("bdk,bk->bd", jt, cotangent)
+
+        jac = TorchJacobian(self._domain, self._target, jvp, vjp, self._dtype, self._device)
+        return x.new(ift.makeField(self._target, _to_numpy(value)), jac)
 
     def _simplify_for_constant_input_nontrivial(self, c_inp):
         constants = _to_torch(c_inp.val, self._dtype, self._device)

@@ -134,14 +134,17 @@ def geovi_log_density(decoder, noise_variance, expansion, grid):
     with torch.no_grad():
         f_grid, j_grid = _decoder_at(decoder, grid.points), _jacobian_at(decoder, grid.points)
     branch = _geovi_branches(j_grid, noise_variance, expansion, j_bar, grid)
+    # f and J at the points of the last call: the metrics evaluate chunk after chunk of data
+    # on the same points.
+    cache = {"points": grid.points, "f": f_grid, "jac": j_grid}
 
     def log_density(points, rows=slice(None)):
         jb, fb, mb, ld = j_bar[rows], f_bar[rows], metric[rows], log_det[rows]
         with torch.no_grad():
-            if points is grid.points:  # the common case: reuse f and J on the grid
-                f, jac = f_grid, j_grid
-            else:
-                f, jac = _decoder_at(decoder, points), _jacobian_at(decoder, points)
+            if points is not cache["points"]:
+                cache.update(points=points, f=_decoder_at(decoder, points),
+                             jac=_jacobian_at(decoder, points))
+            f, jac = cache["f"], cache["jac"]
             if f.ndim == 2:  # shared points: broadcast views, no copies
                 f = f.expand(jb.shape[0], *f.shape)
                 jac = jac.expand(jb.shape[0], *jac.shape)
