@@ -63,11 +63,11 @@ def parse_args(argv=None):
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--n-test", type=int, default=200, help="held-out data points")
     parser.add_argument("--n-train", type=int, default=20000, help="training draws")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--n-samples", type=int, default=5,
                         help="MGVI/geoVI antithetic sample pairs per KL iteration")
     parser.add_argument("--iterations", type=int, default=3, help="optimize_kl iterations")
-    parser.add_argument("--grid-points", type=int, default=401, help="grid nodes per axis")
+    parser.add_argument("--grid-points", type=int, default=301, help="grid nodes per axis")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
