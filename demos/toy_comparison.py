@@ -123,24 +123,20 @@ def in_true_coordinates(log_q, rotation):
 def approximations(problem, models, x, grid, args):
     """``{method: (log_q, seconds per datum)}`` for the held-out data ``x``, and the
     alignment residuals of the learned models."""
-    fishernet, vae = models["FisherNet"], models["VAE"]
+    fishernet = models["FisherNet"]
     n = x.shape[0]
     rotations, alignment = {}, {}
     for name, model in models.items():
         rotations[name], alignment[name] = latent_alignment(problem, model, args)
-    out = {}
-    began = time.perf_counter()
-    with torch.no_grad():
-        mu, cov = fishernet.posterior(x)
-    out["FisherNet amortized"] = (in_true_coordinates(gaussian_log_density(mu, cov),
-                                                      rotations["FisherNet"]),
-                                  (time.perf_counter() - began) / n)
-    began = time.perf_counter()
-    with torch.no_grad():
-        mu_vae, cov_vae = vae.posterior(x)
-    out["VAE diagonal"] = (in_true_coordinates(gaussian_log_density(mu_vae, cov_vae),
-                                               rotations["VAE"]),
-                           (time.perf_counter() - began) / n)
+    out, means = {}, {}
+    for name, label in (("FisherNet", "FisherNet amortized"), ("VAE", "VAE diagonal")):
+        began = time.perf_counter()
+        with torch.no_grad():
+            means[name], cov = models[name].posterior(x)
+        out[label] = (in_true_coordinates(gaussian_log_density(means[name], cov),
+                                          rotations[name]),
+                      (time.perf_counter() - began) / n)
+    mu = means["FisherNet"]
 
     truth_lh = decoder_likelihood(problem.decoder, 2, x.numpy(), problem.noise_variance)
     learned_lh = nf.FisherNetLikelihood(fishernet, x.numpy())

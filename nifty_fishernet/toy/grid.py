@@ -14,6 +14,8 @@ import math
 import torch
 from scipy import ndimage
 
+from ..fisher import decoder_jacobian, metric_from_jacobian
+
 __all__ = ["LatentGrid", "exact_log_posterior", "gaussian_log_density", "geovi_log_density",
            "compare_on_grid", "GRID_METRICS"]
 
@@ -64,10 +66,14 @@ def _decoder_at(decoder, points):
     return decoder(flat).reshape(*points.shape[:-1], -1)
 
 
-def _jacobian_at(decoder, points):
+def _value_and_jacobian_at(decoder, points):
+    """``f`` of shape ``(..., k)`` and ``J`` of shape ``(..., k, d)`` at ``points`` ``(..., d)``,
+    in one pass of :func:`~nifty_fishernet.fisher.decoder_jacobian`."""
     flat = points.reshape(-1, points.shape[-1])
-    jac = torch.func.vmap(torch.func.jacfwd(lambda z: decoder(z[None])[0]))(flat)
-    return jac.reshape(*points.shape[:-1], *jac.shape[-2:])
+    with torch.no_grad():
+        value, jt = decoder_jacobian(decoder, flat)
+    return (value.reshape(*points.shape[:-1], -1),
+            jt.transpose(-1, -2).reshape(*points.shape[:-1], -1, points.shape[-1]))
 
 
 def exact_log_posterior(decoder, noise_variance, data):
@@ -126,13 +132,10 @@ def geovi_log_density(decoder, noise_variance, expansion, grid):
     (points off it take the branch of their nearest node).
     """
     expansion = torch.as_tensor(expansion, dtype=torch.float64)
-    with torch.no_grad():
-        f_bar = decoder(expansion)
-    j_bar = _jacobian_at(decoder, expansion)                       # (B, k, 2)
-    metric = j_bar.transpose(-1, -2) @ j_bar / noise_variance + torch.eye(2, dtype=torch.float64)
+    f_bar, j_bar = _value_and_jacobian_at(decoder, expansion)     # (B, k), (B, k, 2)
+    metric = metric_from_jacobian(j_bar.transpose(-1, -2), 1.0 / noise_variance)
     log_det = torch.logdet(metric)
-    with torch.no_grad():
-        f_grid, j_grid = _decoder_at(decoder, grid.points), _jacobian_at(decoder, grid.points)
+    f_grid, j_grid = _value_and_jacobian_at(decoder, grid.points)
     branch = _geovi_branches(j_grid, noise_variance, expansion, j_bar, grid)
     # f and J at the points of the last call: the metrics evaluate chunk after chunk of data
     # on the same points.
@@ -142,8 +145,8 @@ def geovi_log_density(decoder, noise_variance, expansion, grid):
         jb, fb, mb, ld = j_bar[rows], f_bar[rows], metric[rows], log_det[rows]
         with torch.no_grad():
             if points is not cache["points"]:
-                cache.update(points=points, f=_decoder_at(decoder, points),
-                             jac=_jacobian_at(decoder, points))
+                cache["points"] = points
+                cache["f"], cache["jac"] = _value_and_jacobian_at(decoder, points)
             f, jac = cache["f"], cache["jac"]
             if f.ndim == 2:  # shared points: broadcast views, no copies
                 f = f.expand(jb.shape[0], *f.shape)
