@@ -6,21 +6,32 @@ Writes into the output folder:
   (test MSE, test loss, noise level, seconds per epoch);
 - ``mse_per_epoch.png``: test MSE (Eq. 32-33) per epoch, one panel per latent dimension;
 - ``reconstructions.png``: test images beside each model's reconstruction from ``mu``;
-- ``models/<model>_d<d>.h5``: the trained models (rerunning resumes and skips finished ones).
+- ``table1.json``, ``table1.md``: the paper's Table 1 measured by us (FIDs of test
+  reconstructions, of N(0,1) samples, of Matérn-KDE samples for d <= 5 and of Gaussian-mixture
+  samples for every d), beside the paper's values;
+- ``latent_density.png``: the paper's Fig. 9, the FisherNet's d = 2 Matérn KDE with the
+  test means, and samples drawn from it;
+- ``models/<model>_d<d>_<key>.h5``: the trained models, ``key`` a hash of the training
+  configuration (rerunning resumes and skips finished ones; another setting trains anew).
 
 Settings:
 
 - ``--quick`` (default): d in {2, 5}, 5 epochs on 12,000 training images, lr 1e-3 (ten times
-  Table 2's, to make up for the fewer steps); about 5 minutes on 2 CPU cores.
+  Table 2's, to make up for the fewer steps) and 1e-2 for the noise level (which otherwise
+  lags behind, see ``nifty_fishernet.train``); FIDs on 2,000 images with the Fashion-MNIST
+  classifier's features; MKDE on 32 x 32 (d = 2) and 5^5 (d = 5) cells.
 - ``--paper``: Table 2 (batch 64, lr 1e-4, Adam), 50 epochs on all 60,000 images,
-  d in {2, 3, 5, 10, 15, 20}. A GPU job.
+  d in {2, 3, 5, 10, 15, 20}; FIDs on 10,000 images with Inception features; MKDE on the
+  default grids. A GPU job.
 
     python demos/fashion_mnist.py [--quick | --paper] [--out output/fashion_mnist]
+        [--features fmnist|inception] [--fid-images N] [--no-sample-quality]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -34,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nifty_fishernet as nf  # noqa: E402
+from nifty_fishernet.plotting import plot_latent_density  # noqa: E402
 
 MODELS = {
     "FisherNet": lambda d: nf.FisherNet(d),
@@ -42,9 +54,22 @@ MODELS = {
     "ConvVAE": lambda d: nf.ConvVAE(d),
 }
 SETTINGS = {
-    "quick": dict(dims=[2, 5], epochs=5, n_train=12000, lr=1e-3, batch_size=64),
-    "paper": dict(dims=[2, 3, 5, 10, 15, 20], epochs=50, n_train=60000, lr=1e-4, batch_size=64),
+    "quick": dict(dims=[2, 5], epochs=5, n_train=12000, lr=1e-3, noise_lr=1e-2, batch_size=64,
+                  features="fmnist", fid_images=2000,
+                  mkde=dict(cells_per_axis={2: 32, 5: 5}, n_samples=3, iterations=3)),
+    "paper": dict(dims=[2, 3, 5, 10, 15, 20], epochs=50, n_train=60000, lr=1e-4, noise_lr=None,
+                  batch_size=64, features="inception", fid_images=10000,
+                  mkde=dict(cells_per_axis=None, n_samples=5, iterations=4)),
 }
+
+
+def config_key(name, d, setting, seed):
+    """Short hash of everything that determines a trained model."""
+    config = dict(model=name, d=d, seed=seed, **{k: setting[k] for k in TRAINING_KEYS})
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
+TRAINING_KEYS = ("epochs", "n_train", "lr", "noise_lr", "batch_size")
 
 
 def parse_args(argv=None):
@@ -63,6 +88,13 @@ def parse_args(argv=None):
     parser.add_argument("--dims", type=int, nargs="+", help="override the latent dimensions")
     parser.add_argument("--epochs", type=int, help="override the number of epochs")
     parser.add_argument("--n-train", type=int, help="override the number of training images")
+    parser.add_argument("--features", choices=["fmnist", "inception"],
+                        help="FID features (quick: fmnist, paper: inception)")
+    parser.add_argument("--fid-images", type=int, help="images per FID")
+    parser.add_argument("--mkde-iterations", type=int, help="MKDE KL iterations")
+    parser.add_argument("--mkde-samples", type=int, help="MKDE antithetic sample pairs")
+    parser.add_argument("--no-sample-quality", dest="sample_quality", action="store_false",
+                        help="skip Table 1 (FIDs) and the latent density figure")
     return parser.parse_args(argv)
 
 
@@ -101,18 +133,38 @@ def plot_reconstructions(models, test_x, dims, path, n_images=10):
     plt.close(fig)
 
 
+def table1(trained, train_x, test_x, test_labels, setting, args, out):
+    """FIDs of Table 1 (written to table1.json/.md) and the latent-density figure."""
+    densities = {}
+    quality = nf.evaluation.sample_quality(
+        trained, train_x, test_x, n_images=setting["fid_images"], features=setting["features"],
+        seed=args.seed, device="cpu", mkde_options=setting["mkde"], densities=densities)
+    nf.evaluation.write_table1(quality, out)
+    density = densities.get(("FisherNet", 2, "mkde"))
+    if density is not None:
+        means = nf.evaluation.encode_means(trained["FisherNet"][2], test_x)
+        plot_latent_density(density, means, out / "latent_density.png", labels=test_labels,
+                            title="FisherNet d=2: Matérn KDE of the training means")
+    print("\n" + nf.evaluation.table1_markdown(quality))
+    return quality
+
+
 def main(argv=None):
     args = parse_args(argv)
     setting = dict(SETTINGS[args.mode])
-    for key in ("dims", "epochs", "n_train"):
+    for key in ("dims", "epochs", "n_train", "features", "fid_images"):
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
+    setting["mkde"] = dict(setting["mkde"])
+    for key, option in (("iterations", "mkde_iterations"), ("n_samples", "mkde_samples")):
+        if getattr(args, option) is not None:
+            setting["mkde"][key] = getattr(args, option)
     out = args.out
     (out / "models").mkdir(parents=True, exist_ok=True)
     device = nf.training.resolve_device(args.device)
 
     train_x, _ = nf.load_fashion_mnist("train", root=args.data_root)
-    test_x, _ = nf.load_fashion_mnist("test", root=args.data_root)
+    test_x, test_labels = nf.load_fashion_mnist("test", root=args.data_root)
     train_x = train_x[np.random.default_rng(args.seed).permutation(len(train_x))
                       [:setting["n_train"]]]
 
@@ -125,8 +177,9 @@ def main(argv=None):
             model = MODELS[name](d)
             history = nf.train(model, train_x, test_x, epochs=setting["epochs"],
                                batch_size=setting["batch_size"], lr=setting["lr"],
-                               device=device, seed=args.seed,
-                               checkpoint=out / "models" / f"{name}_d{d}.h5")
+                               noise_lr=setting["noise_lr"], device=device, seed=args.seed,
+                               checkpoint=out / "models" /
+                               f"{name}_d{d}_{config_key(name, d, setting, args.seed)}.h5")
             trained[name][d] = model
             results[name][str(d)] = dict(
                 test_mse=history["test_mse"][-1], test_loss=history["test_loss"][-1],
@@ -137,17 +190,21 @@ def main(argv=None):
     report = dict(mode=args.mode, setting=setting, seed=args.seed, device=str(device),
                   torch=torch.__version__, threads=torch.get_num_threads(),
                   machine=platform.machine(), package_version=nf.__version__,
-                  wall_seconds=time.perf_counter() - start, results=results)
-    (out / "results.json").write_text(json.dumps(report, indent=1))
+                  train_seconds=time.perf_counter() - start, results=results)
     plot_mse_per_epoch(results, setting["dims"], out / "mse_per_epoch.png")
     plot_reconstructions(trained, test_x, setting["dims"], out / "reconstructions.png")
+    if args.sample_quality:
+        report["table1"] = table1(trained, train_x, test_x, test_labels, setting, args, out)
+    report["wall_seconds"] = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps(nf.evaluation.jsonable(report), indent=1))
 
     print(f"\ntest MSE after {setting['epochs']} epochs ({args.mode} setting):")
     print(f"{'model':>14} " + " ".join(f"{'d=' + str(d):>9}" for d in setting["dims"]))
     for name in args.models:
         print(f"{name:>14} " + " ".join(f"{results[name][str(d)]['test_mse']:>9.5f}"
                                         for d in setting["dims"]))
-    print(f"\nwrote {out}/results.json, mse_per_epoch.png, reconstructions.png")
+    print(f"\nwrote {out}/results.json, mse_per_epoch.png, reconstructions.png"
+          + (", table1.json, table1.md, latent_density.png" if args.sample_quality else ""))
     return report
 
 

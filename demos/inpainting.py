@@ -137,7 +137,9 @@ def plot_case(path, name, shown, row, n_show=6):
                               else "magma", vmin=0.0, vmax=vmax)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
-        axes[0, j].set_title(key, fontsize=7)
+        # The std columns share one linear scale from black (0) to white (vmax), stated here.
+        title = f"{key}\n(0 to {vmax:.3f})" if "std" in key else key
+        axes[0, j].set_title(title, fontsize=7)
     fig.suptitle(f"{name}: hidden-pixel MSE encoder {row['encoder on observation']['mse_hidden']:.4f}, "
                  f"MGVI {row['mgvi']['mse_hidden']:.4f}, geoVI {row['geovi']['mse_hidden']:.4f}",
                  fontsize=9)

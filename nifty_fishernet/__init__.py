@@ -8,13 +8,16 @@ the prior's), with a learned noise level ``N = exp(xi_N) 1``.
 from ._version import __version__
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .data import DatasetNotFoundError, load_fashion_mnist
+from .density import GaussianMixtureDensity, GridTooLargeError, LatentDensity, MaternKDE
 from .fisher import (decoder_jacobian, draw_metric_noise, inverse_metric_offsets_cg,
                      inverse_metric_offsets_cholesky, metric_from_jacobian, principal_axes)
-from .metrics import reconstruction_mse
+from .metrics import feature_statistics, fid, reconstruction_mse
 from .models import MLP, ConvVAE, FisherNet, LatentModel, VAE
 from .nifty import (FisherNetLikelihood, LatentPosterior, TorchOperator, decoder_likelihood,
                     infer_latents, latent_posterior)
 from .training import TrainingDivergedError, train
+from . import evaluation  # noqa: E402  (after the modules it uses)
+from .evaluation import sample_quality  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -25,7 +28,11 @@ __all__ = [
     "inverse_metric_offsets_cholesky", "inverse_metric_offsets_cg", "principal_axes",
     # data, training, evaluation, checkpoints
     "load_fashion_mnist", "DatasetNotFoundError", "train", "TrainingDivergedError",
-    "reconstruction_mse", "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
+    "reconstruction_mse", "fid", "feature_statistics", "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
+    # sample quality (Table 1)
+    "evaluation", "sample_quality",
+    # latent densities
+    "LatentDensity", "MaternKDE", "GaussianMixtureDensity", "GridTooLargeError",
     # NIFTy bridge
     "TorchOperator", "FisherNetLikelihood", "decoder_likelihood", "latent_posterior",
     "infer_latents", "LatentPosterior",

@@ -16,6 +16,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -82,36 +83,56 @@ def save(path, model, optimizer=None, history=None, training_state=None):
     if MODEL_TYPES.get(model_type) is not type(model):
         raise TypeError(f"{model_type} is not a registered model type "
                         f"({sorted(MODEL_TYPES)}); decorate it with register_model")
+    with atomic_hdf5(path) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["package_version"] = __version__
+        f.attrs["model_type"] = model_type
+        f.attrs["model_config"] = json.dumps(model.config)
+        f.attrs["history"] = json.dumps(history or {})
+        f.attrs["training_state"] = json.dumps(training_state or {})
+        write_state_dict(f.create_group("model"), model.state_dict())
+        if optimizer is not None:
+            state = optimizer.state_dict()
+            opt = f.create_group("optimizer")
+            opt.attrs["param_groups"] = json.dumps(state["param_groups"])
+            for index, entries in state["state"].items():
+                sub = opt.create_group(str(index))
+                for key, value in entries.items():
+                    _write_tensor(sub, key, torch.as_tensor(value))
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path):
+    """Open a new HDF5 file that replaces ``path`` only once it is completely written.
+
+    The file is written under a temporary name in the same folder, synced, and renamed over
+    ``path``; on any error the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["package_version"] = __version__
-            f.attrs["model_type"] = model_type
-            f.attrs["model_config"] = json.dumps(model.config)
-            f.attrs["history"] = json.dumps(history or {})
-            f.attrs["training_state"] = json.dumps(training_state or {})
-            group = f.create_group("model")
-            for key, value in model.state_dict().items():
-                _write_tensor(group, key, value)
-            if optimizer is not None:
-                state = optimizer.state_dict()
-                opt = f.create_group("optimizer")
-                opt.attrs["param_groups"] = json.dumps(state["param_groups"])
-                for index, entries in state["state"].items():
-                    sub = opt.create_group(str(index))
-                    for key, value in entries.items():
-                        _write_tensor(sub, key, torch.as_tensor(value))
+            yield f
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_state_dict(group, state_dict):
+    """One checksummed dataset per tensor of a torch ``state_dict`` in an HDF5 group."""
+    for key, value in state_dict.items():
+        _write_tensor(group, key, value)
+
+
+def read_state_dict(group):
+    """The inverse of :func:`write_state_dict` (checksums verified on read)."""
+    return {key: _read_tensor(group[key]) for key in group.keys()}
 
 
 def load_checkpoint(path, device="cpu", model_type=None):
@@ -162,7 +183,7 @@ def load_checkpoint(path, device="cpu", model_type=None):
             if model_type is not None and cls is not model_type:
                 raise CheckpointError(f"{path} holds a {name}, not a {model_type.__name__}")
             model = cls(**json.loads(f.attrs["model_config"]))
-            state = {key: _read_tensor(ds) for key, ds in f["model"].items()}
+            state = read_state_dict(f["model"])
             optimizer_state = None
             if "optimizer" in f:
                 opt = f["optimizer"]

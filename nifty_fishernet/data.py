@@ -44,9 +44,14 @@ class DatasetNotFoundError(FileNotFoundError):
     """Fashion-MNIST is neither found locally nor downloadable."""
 
 
-def _cache_dir():
+def user_cache_dir(*parts):
+    """The package's folder in the user cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nifty_fishernet" / "fashion-mnist"
+    return Path(base, "nifty_fishernet", *parts)
+
+
+def _cache_dir():
+    return user_cache_dir("fashion-mnist")
 
 
 def fashion_mnist_search_paths(root=None):

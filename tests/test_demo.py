@@ -13,16 +13,20 @@ import fashion_mnist  # noqa: E402
 def test_fashion_mnist_demo_smoke(tmp_path):
     out = tmp_path / "run"
     args = ["--out", str(out), "--dims", "2", "--epochs", "1", "--n-train", "256"]
-    fashion_mnist.main(args)
-    for name in ("results.json", "mse_per_epoch.png", "reconstructions.png"):
-        assert (out / name).stat().st_size > 1000, name
+    fashion_mnist.main(args + ["--fid-images", "200", "--mkde-iterations", "1",
+                               "--mkde-samples", "1"])
+    for name in ("results.json", "mse_per_epoch.png", "reconstructions.png", "table1.json",
+                 "table1.md", "latent_density.png"):
+        assert (out / name).stat().st_size > 500, name
     report = json.loads((out / "results.json").read_text())
     assert set(report["results"]) == {"FisherNet", "VAE", "CalibratedVAE", "ConvVAE"}
     for runs in report["results"].values():
         assert math.isfinite(runs["2"]["test_mse"]) and 0 < runs["2"]["test_mse"] < 0.3
+    for entry in report["table1"]["results"].values():
+        assert all(math.isfinite(entry["2"][key]) for key in ("rec", "sample", "mkde", "gmm"))
     # a rerun finds the checkpoints complete and trains nothing
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
-    fashion_mnist.main(args)
+    fashion_mnist.main(args + ["--no-sample-quality"])
     assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
 
 

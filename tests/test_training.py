@@ -110,3 +110,24 @@ def test_bad_training_input(fmnist_small):
         nf.train(model, train_x, (test_x * 255).astype(np.uint8), epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"train_images must have shape \(batch, 784\)"):
         nf.train(model, train_x[:, :700], test_x, epochs=1, progress=False)
+
+
+def test_noise_lr_calibrates_the_noise_level_to_the_residuals(fmnist_small):
+    """With its own learning rate xi_N reaches the residual level; at the network's it lags.
+
+    The optimum of Eq. 25 in xi_N sits near log(mean squared residual per pixel) (the prior
+    and log-det terms shift it little for p = 2,000), so after training the noise variance
+    must be within a factor 2 of the reconstruction MSE with noise_lr = 1e-2; with the
+    network's lr = 1e-3 xi_N moves ~0.001 per step and 315 steps leave it near its start.
+    """
+    train_x, test_x, _ = fmnist_small
+    result = {}
+    for noise_lr in (None, 1e-2):
+        torch.manual_seed(0)
+        model = nf.FisherNet(2)
+        history = nf.train(model, train_x, test_x, epochs=5, batch_size=32, lr=1e-3, seed=0,
+                           progress=False, noise_lr=noise_lr)
+        result[noise_lr] = (history["noise_std"][-1] ** 2, history["test_mse"][-1])
+    variance, mse = result[1e-2]
+    assert 0.5 < variance / mse < 2.0, result
+    assert result[None][0] > 5 * result[None][1], result  # the lagging default

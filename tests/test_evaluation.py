@@ -1,0 +1,86 @@
+"""Table 1 evaluation: structure, finiteness, the estimators' reach, and the Fig. 9 plot."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import nifty_fishernet as nf
+from nifty_fishernet.evaluation import (PAPER_TABLE1, decode_latents, sample_quality,
+                                        table1_markdown, write_table1)
+from nifty_fishernet.plotting import plot_latent_density
+
+
+@pytest.fixture(scope="module")
+def quality(fmnist_small):
+    train_x, test_x, _ = fmnist_small
+    models = {}
+    for name, make in (("FisherNet", nf.FisherNet), ("VAE", nf.VAE)):
+        models[name] = {}
+        for d in (2, 7):
+            torch.manual_seed(d)
+            models[name][d] = make(d)
+    nf.train(models["FisherNet"][2], train_x[:1000], test_x[:100], epochs=1, lr=1e-3,
+             progress=False)
+    return sample_quality(models, train_x[:1000], test_x, n_images=300,
+                          mkde_options=dict(cells_per_axis=12, n_samples=1, iterations=1),
+                          progress=False)
+
+
+def test_every_fid_is_computed_where_it_should_be(quality):
+    assert quality["n_images"] == 300 and quality["features"] == "fmnist"
+    assert np.isfinite(quality["floor"]) and quality["floor"] >= 0
+    for name in ("FisherNet", "VAE"):
+        for d in (2, 7):
+            entry = quality["results"][name][d]
+            for key in ("rec", "sample", "gmm"):
+                assert np.isfinite(entry[key]) and entry[key] > 0, (name, d, key)
+            assert entry["gmm_components"] >= 1
+        # MKDE in 2-D; in 7-D its grid has no default and the note says what to use instead.
+        assert np.isfinite(quality["results"][name][2]["mkde"])
+        assert quality["results"][name][7]["mkde"] is None
+        assert "GaussianMixtureDensity" in quality["results"][name][7]["notes"]["mkde"]
+    # one epoch of training already beats an untrained decoder's reconstructions by far
+    trained, untrained = (quality["results"]["FisherNet"][2]["rec"],
+                          quality["results"]["VAE"][2]["rec"])
+    assert trained < untrained
+
+
+def test_table1_files_hold_our_values_beside_the_papers(quality, tmp_path):
+    json_path, md_path = write_table1(quality, tmp_path)
+    record = json.loads(json_path.read_text())
+    assert record["paper"]["FisherNet"]["mkde"]["5"] == 85
+    assert record["results"]["FisherNet"]["7"]["mkde"] is None
+    text = md_path.read_text()
+    assert text == table1_markdown(quality)
+    ours = quality["results"]["FisherNet"][2]["rec"]
+    assert f"| FisherNet | test reconstructions | {ours:.1f} (116) |" in text
+    assert PAPER_TABLE1["VAE"]["sample"][20] == 100
+
+
+def test_decoded_latents_are_images(quality):
+    model = nf.FisherNet(2)
+    images = decode_latents(model, np.random.default_rng(0).normal(size=(5, 2)))
+    assert images.shape == (5, 784) and images.min() >= 0 and images.max() <= 1
+
+
+def test_bad_evaluation_input(fmnist_small):
+    train_x, test_x, _ = fmnist_small
+    with pytest.raises(ValueError, match="estimators"):
+        sample_quality({}, train_x, test_x, estimators=("flow",))
+    with pytest.raises(ValueError, match="at least 2"):
+        sample_quality({}, train_x, test_x[:1])
+
+
+def test_latent_density_figure(tmp_path, fmnist_small):
+    _, _, labels = fmnist_small
+    means = np.random.default_rng(0).normal(size=(len(labels), 2))
+    density = nf.GaussianMixtureDensity(components=(1, 2)).fit(means)
+    path = plot_latent_density(density, means, tmp_path / "fig9.png", labels=labels,
+                               n_samples=200)
+    assert path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="2-D"):
+        plot_latent_density(nf.GaussianMixtureDensity(components=(1,)).fit(
+            np.zeros((50, 3)) + np.random.default_rng(1).normal(size=(50, 3))), means[:, :2],
+            tmp_path / "x.png")
