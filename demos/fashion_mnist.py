@@ -11,6 +11,11 @@ Writes into the output folder:
   samples for every d), beside the paper's values;
 - ``latent_density.png``: the paper's Fig. 9, the FisherNet's d = 2 Matérn KDE with the
   test means, and samples drawn from it;
+- the paper's other figures: ``fig1_fishernet_loss.png`` (loss against d),
+  ``fig2_mse_vs_d.png``, ``mse_per_epoch.png`` (Fig. 3), ``fig4_latent_means_d2.png``,
+  ``fig5_ellipses_one_image.png`` and ``fig5_reconstructions_along_axes.png``,
+  ``fig6_shoe_ellipses.png``, ``fig7/fig8_normal_samples_d<d>.png`` (d = 2 and 15, or the
+  largest d run), ``fig10_fishernet_samples_d5.png`` (N(0,1) against the density estimators);
 - ``models/<model>_d<d>_<key>.h5``: the trained models, ``key`` a hash of the training
   configuration (rerunning resumes and skips finished ones; another setting trains anew).
 
@@ -45,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nifty_fishernet as nf  # noqa: E402
+from nifty_fishernet import plotting  # noqa: E402
 from nifty_fishernet.plotting import plot_latent_density  # noqa: E402
 
 MODELS = {
@@ -133,6 +139,70 @@ def plot_reconstructions(models, test_x, dims, path, n_images=10):
     plt.close(fig)
 
 
+def figures(trained, results, densities, test_x, test_labels, setting, seed, out):
+    """The paper's Figs. 1, 2, 4-8 and 10 (3 and 9 are written elsewhere); returns their names."""
+    dims = setting["dims"]
+    written = []
+
+    def to_images(model, z):
+        return nf.evaluation.decode_latents(model, np.asarray(z))
+
+    written.append(plotting.plot_against_dimension(
+        {"FisherNet": {d: results["FisherNet"][str(d)]["test_loss"] for d in dims}},
+        out / "fig1_fishernet_loss.png", "test loss per datum (Eq. 25, no constants)",
+        "FisherNet loss against d"))
+    written.append(plotting.plot_against_dimension(
+        {name: {d: runs[str(d)]["test_mse"] for d in dims} for name, runs in results.items()},
+        out / "fig2_mse_vs_d.png", "test MSE", "test MSE against d"))
+    if 2 in dims:
+        two = {name: by_dim[2] for name, by_dim in trained.items()}
+        written.append(plotting.plot_latent_means(
+            {name: nf.evaluation.encode_means(m, test_x) for name, m in two.items()},
+            test_labels, out / "fig4_latent_means_d2.png"))
+        compared = {name: two[name] for name in ("FisherNet", "VAE") if name in two}
+        with torch.no_grad():
+            posteriors = {}
+            for name, model in compared.items():
+                mu, cov = model.posterior(torch.as_tensor(test_x[:1], dtype=model.dtype))
+                posteriors[name] = (mu.double().numpy(), cov.double().numpy())
+            written.append(plotting.plot_uncertainty_ellipses(
+                posteriors, out / "fig5_ellipses_one_image.png"))
+            rows = {"test image": test_x[:1]}
+            for name, (mu, cov) in posteriors.items():
+                values, vectors = np.linalg.eigh(cov[0])
+                for axis in (1, 0):  # largest first
+                    steps = [mu[0] + s * np.sqrt(values[axis]) * vectors[:, axis]
+                             for s in (-2, -1, 0, 1, 2)]
+                    rows[f"{name} axis {2 - axis} (-2..2 sigma)"] = to_images(
+                        compared[name], steps)
+            written.append(plotting.plot_image_rows(
+                rows, out / "fig5_reconstructions_along_axes.png",
+                "reconstructions at -2, -1, 0, +1, +2 sigma along the posterior's axes"))
+            shoes = np.flatnonzero(np.isin(test_labels, (5, 7, 9)))[:150]
+            posteriors = {}
+            for name, model in compared.items():
+                mu, cov = model.posterior(torch.as_tensor(test_x[shoes], dtype=model.dtype))
+                posteriors[name] = (mu.double().numpy(), cov.double().numpy())
+            written.append(plotting.plot_uncertainty_ellipses(
+                posteriors, out / "fig6_shoe_ellipses.png", classes=(5, 7, 9),
+                labels=test_labels[shoes]))
+    rng = np.random.default_rng(seed)
+    for figure, d in (("fig7", min(dims)), ("fig8", 15 if 15 in dims else max(dims))):
+        normal = rng.standard_normal((10, d))
+        written.append(plotting.plot_image_rows(
+            {name: to_images(by_dim[d], normal) for name, by_dim in trained.items()},
+            out / f"{figure}_normal_samples_d{d}.png", f"decoded N(0,1) latents, d = {d}"))
+    d = 5 if 5 in dims else max(dims)
+    rows = {"N(0,1)": to_images(trained["FisherNet"][d], rng.standard_normal((10, d)))}
+    for key, label in (("mkde", "Matérn KDE"), ("gmm", "Gaussian mixture")):
+        if ("FisherNet", d, key) in densities:
+            rows[label] = to_images(trained["FisherNet"][d],
+                                    densities["FisherNet", d, key].sample(10, generator=rng))
+    written.append(plotting.plot_image_rows(rows, out / f"fig10_fishernet_samples_d{d}.png",
+                                            f"FisherNet d = {d}: latent samples decoded"))
+    return [path.name for path in written]
+
+
 def table1(trained, train_x, test_x, test_labels, setting, args, out):
     """FIDs of Table 1 (written to table1.json/.md) and the latent-density figure."""
     densities = {}
@@ -146,7 +216,7 @@ def table1(trained, train_x, test_x, test_labels, setting, args, out):
         plot_latent_density(density, means, out / "latent_density.png", labels=test_labels,
                             title="FisherNet d=2: Matérn KDE of the training means")
     print("\n" + nf.evaluation.table1_markdown(quality))
-    return quality
+    return quality, densities
 
 
 def main(argv=None):
@@ -193,8 +263,13 @@ def main(argv=None):
                   train_seconds=time.perf_counter() - start, results=results)
     plot_mse_per_epoch(results, setting["dims"], out / "mse_per_epoch.png")
     plot_reconstructions(trained, test_x, setting["dims"], out / "reconstructions.png")
+    densities = {}
     if args.sample_quality:
-        report["table1"] = table1(trained, train_x, test_x, test_labels, setting, args, out)
+        report["table1"], densities = table1(trained, train_x, test_x, test_labels, setting,
+                                             args, out)
+    if "FisherNet" in trained:
+        report["figures"] = figures(trained, results, densities, test_x, test_labels, setting,
+                                    args.seed, out)
     report["wall_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(nf.evaluation.jsonable(report), indent=1))
 

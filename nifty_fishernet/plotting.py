@@ -1,4 +1,4 @@
-"""Figures of latent spaces (PNG via matplotlib's object API, no global pyplot state)."""
+"""The paper's figures (PNG via matplotlib's object API, no global pyplot state)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-__all__ = ["plot_latent_density"]
+__all__ = ["plot_latent_density", "plot_against_dimension", "plot_latent_means",
+           "plot_uncertainty_ellipses", "plot_image_rows"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -82,3 +83,116 @@ def plot_latent_density(density, means, path, labels=None, n_samples=2000, gener
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_against_dimension(values, path, ylabel, title=None):
+    """Figs. 1-2: one line per model of a quantity against the latent dimension.
+
+    Parameters
+    ----------
+    values : dict
+        ``{model name: {latent_dim: value}}``.
+    """
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    for name, by_dim in values.items():
+        dims = sorted(by_dim)
+        ax.plot(dims, [by_dim[d] for d in dims], "o-", label=name)
+    ax.set_xlabel("latent dimension d")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _ellipse(ax, mean, cov, scale, **style):
+    from matplotlib.patches import Ellipse
+
+    values, vectors = np.linalg.eigh(cov)
+    angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
+    width, height = 2 * scale * np.sqrt(np.maximum(values[::-1], 0))
+    ax.add_patch(Ellipse(mean, width, height, angle=angle, fill=False, **style))
+
+
+def plot_latent_means(means_by_model, labels, path):
+    """Fig. 4: 2-D latent means of the test set coloured by class, one panel per model."""
+    names = list(means_by_model)
+    fig = Figure(figsize=(4.2 * len(names), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    labels = np.asarray(labels)
+    for ax, name in zip(axes, names):
+        means = np.asarray(means_by_model[name])
+        for k in np.unique(labels):
+            sel = labels == k
+            ax.scatter(means[sel, 0], means[sel, 1], s=1, alpha=0.5,
+                       label=FASHION_CLASSES[k] if k < len(FASHION_CLASSES) else str(k))
+        ax.set_title(name)
+        ax.set_xlabel("$z_1$")
+    axes[0].set_ylabel("$z_2$")
+    axes[-1].legend(markerscale=6, fontsize=6, loc="best")
+    return _save(fig, path)
+
+
+def plot_uncertainty_ellipses(posteriors, path, classes=None, labels=None):
+    """Figs. 5-6: 1 and 2 sigma ellipses of 2-D latent posteriors, one panel per model.
+
+    Parameters
+    ----------
+    posteriors : dict
+        ``{model name: (means (n, 2), covariances (n, 2, 2))}``.
+    classes, labels : optional
+        Colour the points by ``labels`` restricted to ``classes`` (Fig. 6: the shoe classes);
+        without them every point gets 1 and 2 sigma ellipses (Fig. 5).
+    """
+    names = list(posteriors)
+    fig = Figure(figsize=(4.5 * len(names), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(names), sharex=True, sharey=True))
+    for ax, name in zip(axes, names):
+        means, covs = (np.asarray(a) for a in posteriors[name])
+        colours = ["C0"] * len(means) if labels is None else [f"C{int(k)}" for k in labels]
+        for mean, cov, colour in zip(means, covs, colours):
+            scales = (2,) if classes is not None else (1, 2)
+            for scale in scales:
+                _ellipse(ax, mean, cov, scale, color=colour, lw=0.6 if scale == 2 else 1.0,
+                         alpha=0.5 if classes is not None else 1.0)
+        ax.scatter(means[:, 0], means[:, 1], s=4, c=colours)
+        if classes is not None:
+            for k in classes:
+                ax.scatter([], [], c=f"C{k}", label=FASHION_CLASSES[k])
+            ax.legend(fontsize=7)
+        ax.set_title(name)
+        ax.set_xlabel("$z_1$")
+        ax.autoscale_view()
+    axes[0].set_ylabel("$z_2$")
+    return _save(fig, path)
+
+
+def plot_image_rows(rows, path, title=None, side=28):
+    """Figs. 5, 7, 8, 10: rows of images, ``{row label: (n, side*side) array}``."""
+    labels = list(rows)
+    n = max(len(rows[label]) for label in labels)
+    fig = Figure(figsize=(0.9 * n + 1.6, 0.95 * len(labels) + 0.4))
+    axes = np.atleast_2d(fig.subplots(len(labels), n))
+    for i, label in enumerate(labels):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(rows[label]):
+                ax.imshow(np.asarray(rows[label][j]).reshape(side, side), cmap="gray",
+                          vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save
+from .distributed import LossModule, distributed_context
 from .metrics.mse import reconstruction_mse
 from .models.base import check_data
 
@@ -107,6 +108,14 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
         Lists over epochs: ``epoch``, ``train_loss``, ``test_loss`` (same objective, fixed
         noise), ``test_mse`` (Eq. 32-33, from the encoder mean), ``noise_std``, ``seconds``.
 
+    Notes
+    -----
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), training is data-parallel with
+    ``DistributedDataParallel`` (:mod:`nifty_fishernet.distributed`): every global minibatch
+    of ``batch_size`` images is split across the processes, gradients are averaged, so the
+    updates match a single process's (up to the noise draws, and the weighting of unequal
+    shards); only rank 0 shows progress and writes the checkpoint.
+
     Raises
     ------
     TrainingDivergedError
@@ -116,6 +125,11 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
     if int(epochs) < 0 or int(batch_size) < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
     device = resolve_device(device)
+    context = distributed_context(device)
+    device = context.device(device)
+    if int(batch_size) < context.world:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {context.world} "
+                         f"processes it is split across")
     train_x = as_images(train_images, model, "train_images").to(device)
     test_x = as_images(test_images, model, "test_images").to(device)
     model.to(device)
@@ -137,6 +151,11 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
             optimizer.load_state_dict(saved.optimizer_state)
         history = {key: list(saved.history.get(key, [])) for key in HISTORY_KEYS}
 
+    step_loss = LossModule(model)
+    if context.active:
+        step_loss = torch.nn.parallel.DistributedDataParallel(
+            step_loss, device_ids=[device.index] if device.type == "cuda" else None)
+    progress = progress and context.is_main
     n_data = train_x.shape[0]
     n_batches = -(-n_data // batch_size)
     name = f"{type(model).__name__} d={model.latent_dim}"
@@ -151,8 +170,10 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
                    disable=not progress, leave=False)
         for step in bar:
             batch = train_x[order[step * batch_size:(step + 1) * batch_size]]
-            loss = model.loss(batch, n_data=n_data, generator=noise)
-            value = loss.item()
+            if batch.shape[0] < context.world:
+                continue  # a last partial batch too small to give every process a share
+            loss = step_loss(context.shard(batch), n_data=n_data, generator=noise)
+            value = context.mean(loss.item())
             if not np.isfinite(value):
                 model.load_state_dict(last_good[0])
                 optimizer.load_state_dict(last_good[1])
@@ -178,7 +199,7 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
             tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: train loss {running / n_batches:.5g}"
                        f"  test loss {test_loss:.5g}  test MSE {history['test_mse'][-1]:.5f}"
                        f"  noise std {model.noise_std:.4f}  ({seconds:.1f} s)")
-        if checkpoint is not None:
+        if checkpoint is not None and context.is_main:
             save(checkpoint, model, optimizer=optimizer, history=history,
                  training_state=dict(epochs_done=epoch + 1, seed=int(seed),
                                      batch_size=int(batch_size), lr=float(lr),

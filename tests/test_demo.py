@@ -16,7 +16,11 @@ def test_fashion_mnist_demo_smoke(tmp_path):
     fashion_mnist.main(args + ["--fid-images", "200", "--mkde-iterations", "1",
                                "--mkde-samples", "1"])
     for name in ("results.json", "mse_per_epoch.png", "reconstructions.png", "table1.json",
-                 "table1.md", "latent_density.png"):
+                 "table1.md", "latent_density.png", "fig1_fishernet_loss.png",
+                 "fig2_mse_vs_d.png", "fig4_latent_means_d2.png", "fig5_ellipses_one_image.png",
+                 "fig5_reconstructions_along_axes.png", "fig6_shoe_ellipses.png",
+                 "fig7_normal_samples_d2.png", "fig8_normal_samples_d2.png",
+                 "fig10_fishernet_samples_d2.png"):
         assert (out / name).stat().st_size > 500, name
     report = json.loads((out / "results.json").read_text())
     assert set(report["results"]) == {"FisherNet", "VAE", "CalibratedVAE", "ConvVAE"}
