@@ -124,8 +124,8 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
         model.eval()
         rng = np.random.default_rng([int(seed), int(d)])
         entry = {"notes": {}}
-        entry["rec"] = fid(stats(decode_latents(model, encode_means(model, test_images[:n]))),
-                           reference)
+        test_means = encode_means(model, test_images[:n])
+        entry["rec"] = fid(stats(decode_latents(model, test_means)), reference)
         normal = rng.standard_normal((n, model.latent_dim))
         entry["sample"] = fid(stats(decode_latents(model, normal)), reference)
         train_means = encode_means(model, train_images)
@@ -136,8 +136,7 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
             if key == "mkde":
                 density = MaternKDE(**(mkde_options or {}))
                 try:
-                    density.grid_cells(model.latent_dim)
-                    density._check_budget(model.latent_dim)
+                    density.check_grid(model.latent_dim)
                 except GridTooLargeError as err:
                     entry["notes"]["mkde"] = str(err)
                     continue
@@ -149,7 +148,7 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
             if densities is not None:
                 densities[name, int(d), key] = density
             entry[f"{key}_heldout_log_density"] = float(np.mean(
-                density.log_density(encode_means(model, test_images[:n]))))
+                density.log_density(test_means)))
             if key == "gmm":
                 entry["gmm_components"] = int(density.n_components)
                 entry["gmm_at_limit"] = bool(density.at_limit)

@@ -149,7 +149,9 @@ class MaternKDE(LatentDensity):
         fields = 2 * self.n_samples + self.FIELDS_IN_FLIGHT
         return fields * 8 * self.padded_cells(latent_dim) / 2 ** 20
 
-    def _check_budget(self, latent_dim):
+    def check_grid(self, latent_dim):
+        """Raise :class:`GridTooLargeError` if there is no grid for ``latent_dim`` or it would
+        exceed the memory budget (what :meth:`fit` checks first)."""
         need = self.memory_mib(latent_dim)
         if need > self.memory_budget_mib:
             cells = self.grid_cells(latent_dim)
@@ -163,7 +165,7 @@ class MaternKDE(LatentDensity):
     def _fit(self, latents):
         began = time.perf_counter()
         d = latents.shape[1]
-        self._check_budget(d)
+        self.check_grid(d)
         self.cells = self.grid_cells(d)
         low, high = latents.min(axis=0), latents.max(axis=0)
         span = np.where(high > low, high - low, 1.0)

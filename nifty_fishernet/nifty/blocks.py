@@ -93,29 +93,24 @@ class BlockPreconditioner(ift.EndomorphicOperator):
         blocks, noise = _probe_blocks(self._metric, self._domain)
         blocks = 0.5 * (blocks + np.swapaxes(blocks, -1, -2))
         try:
-            cholesky = np.linalg.cholesky(blocks)
+            _solve_blocks(blocks, noise, ift.full(self._domain, 0.0))  # positive definite?
+            self._factors = (blocks, noise)
         except np.linalg.LinAlgError:
-            cholesky = None
-        if noise is not None and not np.all(noise > 0):
-            noise = None
-        self._factors = (blocks, cholesky, noise)
+            self._factors = (None, None)
 
     def apply(self, x, mode):
         self._check_input(x, mode)
         self._ensure_factors()
-        blocks, cholesky, noise = self._factors
-        if cholesky is None:
+        blocks, noise = self._factors
+        if blocks is None:
             return x
-        inverse = mode in (self.INVERSE_TIMES, self.ADJOINT_INVERSE_TIMES)
+        if mode in (self.INVERSE_TIMES, self.ADJOINT_INVERSE_TIMES):
+            return _solve_blocks(blocks, noise, x)
         out = x.to_dict()
-        z = out[LATENT_KEY].val[..., None]
-        if inverse:
-            z = np.linalg.solve(blocks, z)
-        else:
-            z = blocks @ z
-        out[LATENT_KEY] = ift.makeField(self._domain[LATENT_KEY], z[..., 0])
+        out[LATENT_KEY] = ift.makeField(self._domain[LATENT_KEY],
+                                        (blocks @ out[LATENT_KEY].val[..., None])[..., 0])
         if noise is not None:
-            out[NOISE_KEY] = out[NOISE_KEY] / noise if inverse else out[NOISE_KEY] * noise
+            out[NOISE_KEY] = out[NOISE_KEY] * noise
         return ift.MultiField.from_dict(out)
 
 
