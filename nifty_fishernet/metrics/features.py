@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -243,8 +244,18 @@ def feature_extractor(features="fmnist", device="cpu", cache_dir=None, inception
     """A feature network by name (``"fmnist"`` or ``"inception"``) or a given callable."""
     if callable(features):
         return features
+    if features not in ("fmnist", "inception"):
+        raise ValueError(f"features must be 'fmnist', 'inception' or a callable, "
+                         f"got {features!r}")
+    return _loaded_extractor(features, str(device), None if cache_dir is None else
+                             str(cache_dir), None if inception_path is None else
+                             str(inception_path), progress)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_extractor(features, device, cache_dir, inception_path, progress):
+    # One load per configuration: Table 1 computes dozens of statistics, and the Inception
+    # file alone is 87 MB.
     if features == "fmnist":
         return FashionFeatures(cache_dir, device, progress)
-    if features == "inception":
-        return InceptionFeatures(inception_path, device)
-    raise ValueError(f"features must be 'fmnist', 'inception' or a callable, got {features!r}")
+    return InceptionFeatures(inception_path, device)
