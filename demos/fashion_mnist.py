@@ -16,8 +16,19 @@ Writes into the output folder:
   ``fig5_ellipses_one_image.png`` and ``fig5_reconstructions_along_axes.png``,
   ``fig6_shoe_ellipses.png``, ``fig7/fig8_normal_samples_d<d>.png`` (d = 2 and 15, or the
   largest d run), ``fig10_fishernet_samples_d5.png`` (N(0,1) against the density estimators);
+- ``summary.md``: the run's command and settings, test MSE, seconds per epoch and noise level
+  per model and d, Table 1, the figures; the paper's values beside ours;
 - ``models/<model>_d<d>_<key>.h5``: the trained models, ``key`` a hash of the training
-  configuration (rerunning resumes and skips finished ones; another setting trains anew).
+  configuration (rerunning resumes and skips finished ones; another setting trains anew);
+- ``cache/``: Table 1's entries (and fitted latent densities) under a hash of the model's
+  weights and the evaluation settings, so a rerun recomputes nothing it has; ``--force``
+  retrains every model and recomputes every entry.
+
+An interrupted run resumes: training from the last completed epoch's checkpoint, Table 1
+from the first entry not yet stored.
+
+Under ``torchrun --nproc_per_node=N demos/fashion_mnist.py ...`` training is data-parallel
+(``nifty_fishernet.train`` with DistributedDataParallel); rank 0 alone evaluates and writes.
 
 Settings:
 
@@ -30,7 +41,7 @@ Settings:
   default grids. A GPU job.
 
     python demos/fashion_mnist.py [--quick | --paper] [--out output/fashion_mnist]
-        [--features fmnist|inception] [--fid-images N] [--no-sample-quality]
+        [--features fmnist|inception] [--fid-images N] [--no-sample-quality] [--force]
 """
 
 from __future__ import annotations
@@ -39,6 +50,8 @@ import argparse
 import hashlib
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +64,8 @@ import torch  # noqa: E402
 
 import nifty_fishernet as nf  # noqa: E402
 from nifty_fishernet import plotting  # noqa: E402
+from nifty_fishernet.distributed import distributed_context  # noqa: E402
+from nifty_fishernet.report import write_summary  # noqa: E402
 from nifty_fishernet.plotting import plot_latent_density  # noqa: E402
 
 MODELS = {
@@ -101,6 +116,9 @@ def parse_args(argv=None):
     parser.add_argument("--mkde-samples", type=int, help="MKDE antithetic sample pairs")
     parser.add_argument("--no-sample-quality", dest="sample_quality", action="store_false",
                         help="skip Table 1 (FIDs) and the latent density figure")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain every model and recompute every metric, even where the "
+                             "output folder holds them for this configuration")
     return parser.parse_args(argv)
 
 
@@ -147,13 +165,16 @@ def figures(trained, results, densities, test_x, test_labels, setting, seed, out
     def to_images(model, z):
         return nf.evaluation.decode_latents(model, np.asarray(z))
 
+    fisher = results["FisherNet"]
     written.append(plotting.plot_against_dimension(
-        {"FisherNet": {d: results["FisherNet"][str(d)]["test_loss"] for d in dims}},
-        out / "fig1_fishernet_loss.png", "test loss per datum (Eq. 25, no constants)",
-        "FisherNet loss against d"))
+        {"test loss per datum (Eq. 25, no constants)":
+            {"FisherNet": {d: fisher[str(d)]["test_loss"] for d in dims}},
+         "test MSE": {"FisherNet": {d: fisher[str(d)]["test_mse"] for d in dims}}},
+        out / "fig1_fishernet_loss.png", "FisherNet: loss and reconstruction error against d"))
     written.append(plotting.plot_against_dimension(
-        {name: {d: runs[str(d)]["test_mse"] for d in dims} for name, runs in results.items()},
-        out / "fig2_mse_vs_d.png", "test MSE", "test MSE against d"))
+        {"test MSE": {name: {d: runs[str(d)]["test_mse"] for d in dims}
+                      for name, runs in results.items()}},
+        out / "fig2_mse_vs_d.png", "test MSE against d"))
     if 2 in dims:
         two = {name: by_dim[2] for name, by_dim in trained.items()}
         written.append(plotting.plot_latent_means(
@@ -208,7 +229,8 @@ def table1(trained, train_x, test_x, test_labels, setting, args, out):
     densities = {}
     quality = nf.evaluation.sample_quality(
         trained, train_x, test_x, n_images=setting["fid_images"], features=setting["features"],
-        seed=args.seed, device="cpu", mkde_options=setting["mkde"], densities=densities)
+        seed=args.seed, device="cpu", mkde_options=setting["mkde"], densities=densities,
+        cache_dir=out / "cache", force=args.force)
     nf.evaluation.write_table1(quality, out)
     density = densities.get(("FisherNet", 2, "mkde"))
     if density is not None:
@@ -217,6 +239,11 @@ def table1(trained, train_x, test_x, test_labels, setting, args, out):
                             title="FisherNet d=2: Matérn KDE of the training means")
     print("\n" + nf.evaluation.table1_markdown(quality))
     return quality, densities
+
+
+def _paper_order(name):
+    number = {"reconstructions.png": 0, "mse_per_epoch.png": 3, "latent_density.png": 9}.get(name)
+    return number if number is not None else int(name[3:].split("_")[0])
 
 
 def main(argv=None):
@@ -232,6 +259,7 @@ def main(argv=None):
     out = args.out
     (out / "models").mkdir(parents=True, exist_ok=True)
     device = nf.training.resolve_device(args.device)
+    context = distributed_context(device)  # under torchrun: one training process per rank
 
     train_x, _ = nf.load_fashion_mnist("train", root=args.data_root)
     test_x, test_labels = nf.load_fashion_mnist("test", root=args.data_root)
@@ -249,19 +277,28 @@ def main(argv=None):
                                batch_size=setting["batch_size"], lr=setting["lr"],
                                noise_lr=setting["noise_lr"], device=device, seed=args.seed,
                                checkpoint=out / "models" /
-                               f"{name}_d{d}_{config_key(name, d, setting, args.seed)}.h5")
+                               f"{name}_d{d}_{config_key(name, d, setting, args.seed)}.h5",
+                               resume=not args.force, progress=context.is_main)
             trained[name][d] = model
             results[name][str(d)] = dict(
                 test_mse=history["test_mse"][-1], test_loss=history["test_loss"][-1],
                 noise_std=history["noise_std"][-1],
                 seconds_per_epoch=float(np.mean(history["seconds"])), history=history)
-            print(f"{name:>14} d={d:<2} test MSE {history['test_mse'][-1]:.5f}")
+            if context.is_main:
+                print(f"{name:>14} d={d:<2} test MSE {history['test_mse'][-1]:.5f}")
+    if not context.is_main:
+        torch.distributed.destroy_process_group()
+        return None  # rank 0 evaluates and writes
 
-    report = dict(mode=args.mode, setting=setting, seed=args.seed, device=str(device),
-                  torch=torch.__version__, threads=torch.get_num_threads(),
+    command = "python demos/fashion_mnist.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    report = dict(mode=args.mode, command=command.strip(), setting=setting, seed=args.seed,
+                  device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
                   machine=platform.machine(), package_version=nf.__version__,
                   train_seconds=time.perf_counter() - start, results=results)
-    plot_mse_per_epoch(results, setting["dims"], out / "mse_per_epoch.png")
+    # Fig. 3 shows d = 2, 5, 10 (those of them in this run; else every d run)
+    plot_mse_per_epoch(results, [d for d in setting["dims"] if d in (2, 5, 10)]
+                       or setting["dims"], out / "mse_per_epoch.png")
     plot_reconstructions(trained, test_x, setting["dims"], out / "reconstructions.png")
     densities = {}
     if args.sample_quality:
@@ -270,16 +307,24 @@ def main(argv=None):
     if "FisherNet" in trained:
         report["figures"] = figures(trained, results, densities, test_x, test_labels, setting,
                                     args.seed, out)
+    # every figure of this run in the paper's order (Fig. 3 = mse_per_epoch, 9 = latent_density)
+    written = ["reconstructions.png", "mse_per_epoch.png"] + report.get("figures", [])
+    if args.sample_quality and (out / "latent_density.png").is_file():
+        written.append("latent_density.png")
+    report["figures"] = sorted(written, key=_paper_order)
     report["wall_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(nf.evaluation.jsonable(report), indent=1))
+    write_summary(report, out)
+    if context.active:
+        torch.distributed.destroy_process_group()
 
     print(f"\ntest MSE after {setting['epochs']} epochs ({args.mode} setting):")
     print(f"{'model':>14} " + " ".join(f"{'d=' + str(d):>9}" for d in setting["dims"]))
     for name in args.models:
         print(f"{name:>14} " + " ".join(f"{results[name][str(d)]['test_mse']:>9.5f}"
                                         for d in setting["dims"]))
-    print(f"\nwrote {out}/results.json, mse_per_epoch.png, reconstructions.png"
-          + (", table1.json, table1.md, latent_density.png" if args.sample_quality else ""))
+    print(f"\nwrote {out}/summary.md, results.json, figures"
+          + (", table1.json, table1.md" if args.sample_quality else ""))
     return report
 
 

@@ -95,7 +95,7 @@ def run_case(name, model, model_variance, truth, response, hidden, args, rng):
     noise = model_variance + args.noise_std ** 2
     observed = response.adjoint(ift.makeField(response.target, data)).val  # hidden pixels 0
     with torch.no_grad():
-        x = torch.from_numpy(observed).to(model.dtype)
+        x = torch.tensor(observed, dtype=model.dtype)  # NIFTy fields are read-only
         baseline = model.decoder(model.encode(x)).double().numpy()
 
     def hidden_mse(images):
@@ -140,7 +140,8 @@ def plot_case(path, name, shown, row, n_show=6):
         # The std columns share one linear scale from black (0) to white (vmax), stated here.
         title = f"{key}\n(0 to {vmax:.3f})" if "std" in key else key
         axes[0, j].set_title(title, fontsize=7)
-    fig.suptitle(f"{name}: hidden-pixel MSE encoder {row['encoder on observation']['mse_hidden']:.4f}, "
+    encoder = row["encoder on observation"]["mse_hidden"]
+    fig.suptitle(f"{name}: hidden-pixel MSE encoder {encoder:.4f}, "
                  f"MGVI {row['mgvi']['mse_hidden']:.4f}, geoVI {row['geovi']['mse_hidden']:.4f}",
                  fontsize=9)
     fig.tight_layout()

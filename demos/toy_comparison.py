@@ -64,6 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--n-test", type=int, default=200, help="held-out data points")
     parser.add_argument("--n-train", type=int, default=20000, help="training draws")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--noise-lr", type=float, default=3e-2,
+                        help="Adam rate of the learned noise level (see nifty_fishernet.train)")
     parser.add_argument("--n-samples", type=int, default=5,
                         help="MGVI/geoVI antithetic sample pairs per KL iteration")
     parser.add_argument("--iterations", type=int, default=3, help="optimize_kl iterations")
@@ -82,7 +84,8 @@ def train_models(problem, args):
     for name, model in models.items():
         torch.manual_seed(args.seed)
         nf.train(model, x_train.float(), x_val.float(), args.epochs, batch_size=128, lr=3e-3,
-                 device="cpu", seed=args.seed, progress=not args.no_progress)
+                 noise_lr=args.noise_lr, device="cpu", seed=args.seed,
+                 progress=not args.no_progress)
         models[name] = model.double().eval()
     return models
 

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .density import GaussianMixtureDensity, GridTooLargeError, MaternKDE
+from .cache import ResultCache, fingerprint
+from .density import GaussianMixtureDensity, GridTooLargeError, MaternKDE, load_density
+from .metrics.features import CLASSIFIER_FILE
 from .metrics.fid import feature_statistics, fid
 
 __all__ = ["sample_quality", "table1_markdown", "write_table1", "PAPER_TABLE1", "encode_means",
@@ -34,6 +36,9 @@ PAPER_TABLE1 = {
     "ConvVAE": {"rec": {2: 151, 5: 95, 10: 86, 15: 87, 20: 90},
                 "sample": {2: 152, 5: 95, 10: 89, 15: 92, 20: 100}},
 }
+
+#: Part of every cache key: raise it when a change alters the numbers of an entry.
+EVALUATION_VERSION = 1
 
 QUANTITIES = {"rec": "test reconstructions", "sample": "N(0,1) samples",
               "mkde": "Matérn KDE samples", "gmm": "Gaussian-mixture samples"}
@@ -66,7 +71,8 @@ def decode_latents(model, latents, batch_size=1000):
 
 def sample_quality(models, train_images, test_images, n_images=10_000, features="fmnist",
                    estimators=("mkde", "gmm"), seed=0, device="cpu", mkde_options=None,
-                   gmm_options=None, feature_options=None, progress=True, densities=None):
+                   gmm_options=None, feature_options=None, progress=True, densities=None,
+                   cache_dir=None, force=False):
     """FIDs of reconstructions and generated samples for every model and latent dimension.
 
     Parameters
@@ -94,13 +100,23 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
     densities : dict, optional
         If given, filled with the fitted estimators, ``{(name, d, "mkde" | "gmm"): density}``
         (e.g. to plot them without fitting again).
+    cache_dir : str or path-like, optional
+        Store every entry (and the floor) in this folder under a key of everything that
+        determines it: the model's weights, the images, and the settings above except
+        ``progress`` and ``device``; the fitted estimators go beside it as HDF5
+        (:func:`~nifty_fishernet.density.load_density`). A later call with the same inputs
+        reads them instead of computing, so an interrupted evaluation resumes with the
+        first unfinished entry. Needs ``features`` given by name.
+    force : bool
+        Recompute everything and replace the stored entries.
 
     Returns
     -------
     dict
         ``{"features", "n_images", "seed", "floor", "results": {name: {d: {...}}}}`` where each
         entry holds the FIDs ``rec``, ``sample``, ``mkde``, ``gmm`` (None where not computed,
-        with the reason under ``notes``) and the estimators' fit details.
+        with the reason under ``notes``) and the estimators' fit details; ``cached`` lists
+        the entries read from ``cache_dir``.
     """
     unknown = set(estimators) - {"mkde", "gmm"}
     if unknown:
@@ -108,58 +124,114 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
     n = min(int(n_images), len(test_images), len(train_images))
     if n < 2:
         raise ValueError(f"need at least 2 images per FID, got {n}")
+    if cache_dir is not None and not isinstance(features, str):
+        raise TypeError("cache_dir needs features given by name ('fmnist' or 'inception'): "
+                        "a callable's results cannot be keyed")
     options = dict(feature_options or {})
     options.setdefault("device", device)
+    cache = None if cache_dir is None else ResultCache(cache_dir, force=force)
 
     def stats(images):
         return feature_statistics(images, features, **options)
 
+    reference = None
+
+    def against_test(images):
+        nonlocal reference
+        if reference is None:
+            reference = stats(test_images[:n])
+        return fid(stats(images), reference)
+
     began = time.perf_counter()
-    reference = stats(test_images[:n])
-    out = {"features": reference.features, "n_images": n, "seed": int(seed),
-           "floor": fid(stats(train_images[:n]), reference), "results": {}}
+    # the feature network's version is in its file name: a new classifier gives new keys
+    settings = dict(version=EVALUATION_VERSION, n_images=n, features=features,
+                    classifier=CLASSIFIER_FILE if features == "fmnist" else None,
+                    seed=int(seed), estimators=sorted(estimators), mkde=mkde_options,
+                    gmm=gmm_options)
+    images_key = None if cache is None else fingerprint(train_images, test_images[:n])
+
+    floor_key = None if cache is None else fingerprint("floor", images_key, settings)
+    floor = None if cache is None else cache.get("floor", floor_key)
+    if floor is None:
+        floor = against_test(train_images[:n])
+        if cache is not None:
+            cache.put("floor", floor_key, floor)
+    out = {"features": features if isinstance(features, str) else getattr(
+               features, "name", "custom"),
+           "n_images": n, "seed": int(seed), "floor": floor, "results": {}, "cached": []}
     jobs = [(name, d, model) for name, by_dim in models.items()
             for d, model in sorted(by_dim.items())]
     for name, d, model in tqdm(jobs, desc="sample quality", disable=not progress):
         model.eval()
-        rng = np.random.default_rng([int(seed), int(d)])
-        entry = {"notes": {}}
-        test_means = encode_means(model, test_images[:n])
-        entry["rec"] = fid(stats(decode_latents(model, test_means)), reference)
-        normal = rng.standard_normal((n, model.latent_dim))
-        entry["sample"] = fid(stats(decode_latents(model, normal)), reference)
-        train_means = encode_means(model, train_images)
-        for key in ("mkde", "gmm"):
-            entry[key] = None
-            if key not in estimators:
-                continue
-            if key == "mkde":
-                density = MaternKDE(**(mkde_options or {}))
-                try:
-                    density.check_grid(model.latent_dim)
-                except GridTooLargeError as err:
-                    entry["notes"]["mkde"] = str(err)
-                    continue
-            else:
-                density = GaussianMixtureDensity(**(gmm_options or {}))
-            fit_began = time.perf_counter()
-            density.fit(train_means)
-            entry[f"{key}_fit_seconds"] = time.perf_counter() - fit_began
-            if densities is not None:
-                densities[name, int(d), key] = density
-            entry[f"{key}_heldout_log_density"] = float(np.mean(
-                density.log_density(test_means)))
-            if key == "gmm":
-                entry["gmm_components"] = int(density.n_components)
-                entry["gmm_at_limit"] = bool(density.at_limit)
-            else:
-                entry["mkde_cells"] = list(density.cells)
-                entry["mkde_memory_mib"] = density.memory_mib(model.latent_dim)
-            draws = density.sample(n, generator=rng)
-            entry[key] = fid(stats(decode_latents(model, draws)), reference)
+        label = f"table1_{name}_d{d}"
+        key = None if cache is None else fingerprint("table1", model, images_key, settings)
+        fitted = {}
+        entry = None
+        if cache is not None:
+            entry = cache.get(label, key)
+            for kind in ("mkde", "gmm"):
+                path = cache.path(f"density_{name}_d{d}_{kind}", key, ".h5")
+                if entry is not None and entry.get(kind) is not None and densities is not None:
+                    if not path.is_file():
+                        entry = None  # the density was removed: fit it again
+                        break
+                    fitted[kind] = load_density(path)
+        if entry is not None:
+            out["cached"].append([name, int(d)])
+        else:
+            entry, fitted = _quality_entry(model, train_images, test_images[:n], against_test,
+                                           estimators, np.random.default_rng([int(seed), int(d)]),
+                                           mkde_options, gmm_options)
+            if cache is not None:
+                for kind, density in fitted.items():
+                    density.save(cache.path(f"density_{name}_d{d}_{kind}", key, ".h5"))
+                entry = jsonable(entry)
+                cache.put(label, key, entry)
+        if densities is not None:
+            for kind, density in fitted.items():
+                densities[name, int(d), kind] = density
         out["results"].setdefault(name, {})[int(d)] = entry
     out["seconds"] = time.perf_counter() - began
     return out
+
+
+def _quality_entry(model, train_images, test_images, against_test, estimators, rng,
+                   mkde_options, gmm_options):
+    """One model's row of Table 1 and the estimators it fitted (``{"mkde"|"gmm": density}``)."""
+    n = len(test_images)
+    entry, fitted = {"notes": {}}, {}
+    test_means = encode_means(model, test_images)
+    entry["rec"] = against_test(decode_latents(model, test_means))
+    normal = rng.standard_normal((n, model.latent_dim))
+    entry["sample"] = against_test(decode_latents(model, normal))
+    train_means = encode_means(model, train_images)
+    for key in ("mkde", "gmm"):
+        entry[key] = None
+        if key not in estimators:
+            continue
+        if key == "mkde":
+            density = MaternKDE(**(mkde_options or {}))
+            try:
+                density.check_grid(model.latent_dim)
+            except GridTooLargeError as err:
+                entry["notes"]["mkde"] = str(err)
+                continue
+        else:
+            density = GaussianMixtureDensity(**(gmm_options or {}))
+        fit_began = time.perf_counter()
+        density.fit(train_means)
+        entry[f"{key}_fit_seconds"] = time.perf_counter() - fit_began
+        fitted[key] = density
+        entry[f"{key}_heldout_log_density"] = float(np.mean(density.log_density(test_means)))
+        if key == "gmm":
+            entry["gmm_components"] = int(density.n_components)
+            entry["gmm_at_limit"] = bool(density.at_limit)
+        else:
+            entry["mkde_cells"] = list(density.cells)
+            entry["mkde_memory_mib"] = density.memory_mib(model.latent_dim)
+        draws = density.sample(n, generator=rng)
+        entry[key] = against_test(decode_latents(model, draws))
+    return entry, fitted
 
 
 def _cell(ours, paper):

@@ -93,24 +93,31 @@ def _save(fig, path):
     return path
 
 
-def plot_against_dimension(values, path, ylabel, title=None):
-    """Figs. 1-2: one line per model of a quantity against the latent dimension.
+def plot_against_dimension(panels, path, title=None):
+    """Figs. 1-2: quantities against the latent dimension, one panel each, a line per model.
 
     Parameters
     ----------
-    values : dict
-        ``{model name: {latent_dim: value}}``.
+    panels : dict
+        ``{y-axis label: {model name: {latent_dim: value}}}``; e.g. Fig. 1 is the FisherNet's
+        test loss and its test MSE, Fig. 2 the test MSE of every model.
+    path : str or path-like
+        PNG file to write.
+    title : str, optional
+        Figure title.
     """
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.subplots()
-    for name, by_dim in values.items():
-        dims = sorted(by_dim)
-        ax.plot(dims, [by_dim[d] for d in dims], "o-", label=name)
-    ax.set_xlabel("latent dimension d")
-    ax.set_ylabel(ylabel)
+    fig = Figure(figsize=(5.0 * len(panels), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (ylabel, values) in zip(axes, panels.items()):
+        for name, by_dim in values.items():
+            dims = sorted(by_dim)
+            ax.plot(dims, [by_dim[d] for d in dims], "o-", label=name)
+        ax.set_xlabel("latent dimension d")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
+        fig.suptitle(title)
     return _save(fig, path)
 
 

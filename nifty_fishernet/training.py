@@ -69,7 +69,7 @@ def _parameter_groups(model, lr, noise_lr):
 
 
 def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, device="auto",
-          seed=0, checkpoint=None, progress=True, noise_lr=None):
+          seed=0, checkpoint=None, progress=True, noise_lr=None, resume=True):
     """Train a model with Adam and evaluate it on the test set after every epoch.
 
     Parameters
@@ -89,8 +89,9 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
     seed : int
         Seeds the shuffling and the sampling noise of every epoch; same seed, same run.
     checkpoint : str or path-like, optional
-        HDF5 file written atomically after every epoch. If it exists, training resumes from
-        it (weights, Adam state, history) and continues its history.
+        HDF5 file written atomically after every epoch. If it exists (and ``resume``),
+        training resumes from it (weights, Adam state, history) and continues its history;
+        a complete one means nothing is left to train.
     progress : bool
         Show a tqdm bar with the loss and the noise level.
     noise_lr : float, optional
@@ -101,6 +102,9 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
         ~35,000 (37 of its 50 epochs). Until then the metric, and with it the latent
         covariance, is too small. A larger ``noise_lr`` (e.g. 1e-2) calibrates it within the
         first epoch; the fitted value is the same.
+    resume : bool
+        False starts afresh even if ``checkpoint`` exists (it is replaced after the first
+        epoch, so an interrupted restart leaves the old file or a newer one, never none).
 
     Returns
     -------
@@ -135,7 +139,7 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
     model.to(device)
     optimizer = torch.optim.Adam(_parameter_groups(model, lr, noise_lr), lr=lr)
     history = {key: [] for key in HISTORY_KEYS}
-    if checkpoint is not None and Path(checkpoint).exists():
+    if resume and checkpoint is not None and Path(checkpoint).exists():
         saved = load_checkpoint(checkpoint, model_type=type(model))
         if saved.model.config != model.config:
             raise ValueError(f"checkpoint {checkpoint} holds a {type(model).__name__} with "

@@ -155,3 +155,33 @@ def test_bad_input(estimator):
         density.log_density(np.zeros((4, 3)))
     with pytest.raises(ValueError, match="positive integer"):
         density.sample(0)
+
+
+@pytest.mark.parametrize("name", ["MaternKDE", "GaussianMixtureDensity"])
+def test_saved_density_reads_back_identical(fitted, mixture_data, name, tmp_path):
+    from nifty_fishernet.density import DensityFileError, load_density
+
+    density = fitted[name]
+    path = density.save(tmp_path / "density.h5")
+    loaded = load_density(path)
+    assert type(loaded) is type(density) and loaded.latent_dim == 2
+    test = mixture_data[1][:500]
+    np.testing.assert_array_equal(loaded.log_density(test), density.log_density(test))
+    np.testing.assert_array_equal(loaded.sample(50, generator=3), density.sample(50, generator=3))
+    # a flipped byte in the arrays is caught by the checksum, a cut file by HDF5
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        largest = max(f["arrays"].values(), key=lambda ds: ds.size)
+        offset = largest.id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 8] ^= 0xFF
+    (tmp_path / "flipped.h5").write_bytes(bytes(data))
+    (tmp_path / "cut.h5").write_bytes(path.read_bytes()[:len(data) // 2])
+    for bad in ("flipped.h5", "cut.h5"):
+        with pytest.raises(DensityFileError):
+            load_density(tmp_path / bad)
+    with pytest.raises(FileNotFoundError):
+        load_density(tmp_path / "missing.h5")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        nf.GaussianMixtureDensity().save(tmp_path / "unfitted.h5")

@@ -36,3 +36,21 @@ def test_two_gloo_processes_train_identical_parameters(tmp_path):
     torch.manual_seed(0)
     fresh = nf.FisherNet(2, hidden=32, layers=2).state_dict()
     assert any(not np.allclose(fresh[k].numpy(), ranks[0][k]) for k in keys)
+
+
+def test_fashion_mnist_demo_under_torchrun(tmp_path):
+    """The main job itself launched by torchrun: both ranks train, rank 0 writes the report."""
+    demo = Path(__file__).parents[1] / "demos" / "fashion_mnist.py"
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(demo), "--out", str(out), "--dims", "2", "--epochs", "1", "--n-train", "256",
+         "--models", "FisherNet", "--no-sample-quality"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test MSE after 1 epochs") == 1  # rank 0 alone reports
+    (checkpoint,) = (out / "models").glob("FisherNet_d2_*.h5")
+    history = nf.load_checkpoint(checkpoint).history
+    assert history["epoch"] == [1] and 0 < history["test_mse"][0] < 0.3
+    assert (out / "summary.md").is_file() and (out / "fig6_shoe_ellipses.png").is_file()

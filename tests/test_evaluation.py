@@ -84,3 +84,47 @@ def test_latent_density_figure(tmp_path, fmnist_small):
         plot_latent_density(nf.GaussianMixtureDensity(components=(1,)).fit(
             np.zeros((50, 3)) + np.random.default_rng(1).normal(size=(50, 3))), means[:, :2],
             tmp_path / "x.png")
+
+
+def test_cached_evaluation_is_read_back_and_keyed_by_the_weights(fmnist_small, tmp_path,
+                                                                 monkeypatch):
+    """A second call computes no features; changed weights recompute only that model; force
+    recomputes all; the fitted densities come back from their files."""
+    import nifty_fishernet.evaluation as evaluation
+
+    train_x, test_x, _ = fmnist_small
+    torch.manual_seed(0)
+    models = {"FisherNet": {2: nf.FisherNet(2)}, "VAE": {2: nf.VAE(2)}}
+    options = dict(n_images=200, mkde_options=dict(cells_per_axis=8, n_samples=1, iterations=1),
+                   gmm_options=dict(components=(1, 2)), progress=False, cache_dir=tmp_path)
+    first_densities = {}
+    first = sample_quality(models, train_x[:600], test_x, densities=first_densities, **options)
+    assert first["cached"] == []
+
+    calls = []
+    real = evaluation.feature_statistics
+    monkeypatch.setattr(evaluation, "feature_statistics",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    densities = {}
+    again = sample_quality(models, train_x[:600], test_x, densities=densities, **options)
+    assert calls == [] and again["cached"] == [["FisherNet", 2], ["VAE", 2]]
+    assert again["floor"] == first["floor"]
+    for name in models:
+        for key in ("rec", "sample", "mkde", "gmm"):
+            assert again["results"][name][2][key] == first["results"][name][2][key]
+    assert set(densities) == set(first_densities) == {
+        (name, 2, kind) for name in models for kind in ("mkde", "gmm")}
+    z = np.random.default_rng(1).normal(size=(20, 2))
+    for key, density in densities.items():
+        np.testing.assert_array_equal(density.log_density(z), first_densities[key].log_density(z))
+
+    with torch.no_grad():
+        models["VAE"][2].decoder.linears[-1].bias.add_(0.1)  # new weights, new key
+    changed = sample_quality(models, train_x[:600], test_x, **options)
+    assert changed["cached"] == [["FisherNet", 2]]
+    assert changed["results"]["VAE"][2]["rec"] != first["results"]["VAE"][2]["rec"]
+    forced = sample_quality(models, train_x[:600], test_x, force=True, **options)
+    assert forced["cached"] == []
+    with pytest.raises(TypeError, match="by name"):
+        sample_quality(models, train_x[:600], test_x, features=lambda x: x.flatten(1),
+                       **options)

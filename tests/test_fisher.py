@@ -1,6 +1,5 @@
 """The Fisher metric and the inverse-metric sampler against independent computations."""
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats

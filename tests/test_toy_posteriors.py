@@ -132,3 +132,21 @@ def test_responses_are_linear_and_adjoint():
         pixel_mask(np.zeros((2, 784)))
     with pytest.raises(ValueError, match="every pixel is hidden"):
         pixel_mask(np.ones((2, 784), dtype=bool))
+
+
+@pytest.mark.parametrize("method", ["mgvi", "geovi"])
+def test_blockwise_inference_equals_optimize_kl_on_the_banana(method):
+    """The blockwise path (default) and NIFTy's plain optimize_kl reach the same posterior
+    approximation on a curved, smooth problem: same seed, converged tightly, the expansion
+    points agree to < 0.05 posterior sigma. (With exact block Newton steps for geoVI's
+    nonlinear sample updates they did not: 0.3-1.5 sigma apart, KL(p||q) 45 % worse.)"""
+    problem = banana_problem()
+    _, data = problem.sample(6, seed=4)
+    likelihood = decoder_likelihood(problem.decoder, 2, data.numpy(), problem.noise_variance)
+    start = infer_latents(likelihood, np.zeros((6, 2)), "map", newton_iterations=50).mean
+    runs = [infer_latents(likelihood, start, method, n_samples=2, total_iterations=2,
+                          tolerance=1e-8, newton_iterations=50, nonlinear_iterations=30,
+                          sampling_iterations=200, blockwise=flag) for flag in (True, False)]
+    points = [run.position["latent"].val for run in runs]
+    sigma = np.sqrt(np.diagonal(runs[1].covariance, axis1=1, axis2=2))
+    assert np.max(np.abs(points[0] - points[1]) / sigma) < 0.05

@@ -70,6 +70,13 @@ def test_resumed_training_equals_uninterrupted_training(fmnist_small, tmp_path):
     with pytest.raises(ValueError, match="config"):
         nf.train(nf.FisherNet(3, hidden=64), train_x[:64], test_x[:10], epochs=4,
                  checkpoint=path, progress=False)
+    # resume=False ignores the complete checkpoint, trains again and replaces it
+    torch.manual_seed(2)
+    again = nf.train(nf.FisherNet(2, hidden=64), train_x[:512], test_x[:100], epochs=2,
+                     checkpoint=path, resume=False, **kw)
+    assert again["epoch"] == [1, 2]
+    np.testing.assert_allclose(again["test_mse"], full_history["test_mse"][:2], rtol=1e-6)
+    assert nf.load_checkpoint(path).history["epoch"] == [1, 2]
 
 
 def test_divergence_stops_and_keeps_the_last_good_state(fmnist_small, tmp_path, monkeypatch):

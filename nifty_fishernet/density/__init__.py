@@ -7,10 +7,14 @@ Every estimator has the same small API (:class:`LatentDensity`): ``fit(latents)`
   (``ift.density_estimator``); a grid, so for d <= 5.
 - :class:`GaussianMixtureDensity`: a full-covariance Gaussian mixture sized by held-out
   likelihood; scales to high latent dimensions.
+
+A fitted estimator is saved with ``density.save(path)`` and read back with
+:func:`load_density`.
 """
 
-from .base import LatentDensity
+from .base import DensityFileError, LatentDensity, load_density
 from .matern import GridTooLargeError, MaternKDE
 from .mixture import GaussianMixtureDensity
 
-__all__ = ["LatentDensity", "MaternKDE", "GaussianMixtureDensity", "GridTooLargeError"]
+__all__ = ["LatentDensity", "MaternKDE", "GaussianMixtureDensity", "GridTooLargeError",
+           "load_density", "DensityFileError"]

@@ -1,10 +1,38 @@
-"""The interface every latent density estimator shares, and its input checks."""
+"""The interface every latent density estimator shares, its input checks and its files.
+
+A fitted estimator is saved to HDF5 (:meth:`LatentDensity.save`) and read back with
+:func:`load_density`, without pickle: the class is looked up in :data:`DENSITY_TYPES`, the
+settings and scalars are JSON, every array a checksummed dataset; the write is atomic.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import h5py
 import numpy as np
 
-__all__ = ["LatentDensity", "as_latents", "as_generator"]
+from ..checkpoint import atomic_hdf5
+
+__all__ = ["LatentDensity", "as_latents", "as_generator", "load_density", "DENSITY_TYPES",
+           "DensityFileError"]
+
+FORMAT = "nifty_fishernet.density"
+FORMAT_VERSION = 1
+
+#: Estimator classes by name, for :func:`load_density` (filled by :func:`register_density`).
+DENSITY_TYPES = {}
+
+
+class DensityFileError(ValueError):
+    """A density file is corrupt, truncated, or not a density written by this package."""
+
+
+def register_density(cls):
+    """Class decorator: make ``cls`` loadable by :func:`load_density`."""
+    DENSITY_TYPES[cls.__name__] = cls
+    return cls
 
 
 def as_latents(latents, name="latents", latent_dim=None):
@@ -74,6 +102,35 @@ class LatentDensity:
             raise ValueError(f"n must be a positive integer, got {n}")
         return self._sample(int(n), as_generator(generator))
 
+    def save(self, path):
+        """Write the fitted estimator to an HDF5 file (replaced atomically); returns ``path``.
+
+        :func:`load_density` reads it back: same densities and, for the same generator, the
+        same draws.
+        """
+        self._require_fitted()
+        settings, scalars, arrays = self._state()
+        with atomic_hdf5(path) as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["density_type"] = type(self).__name__
+            f.attrs["settings"] = json.dumps(settings)
+            f.attrs["fitted"] = json.dumps(dict(scalars, latent_dim=int(self.latent_dim)))
+            group = f.create_group("arrays")
+            for key, value in arrays.items():
+                value = np.ascontiguousarray(value)
+                group.create_dataset(key, data=value, fletcher32=value.size > 0,
+                                     chunks=value.shape if value.size > 0 else None)
+        return path
+
+    def _state(self):
+        """``(settings, fitted scalars, fitted arrays)``: JSON, JSON and numpy arrays."""
+        raise NotImplementedError
+
+    def _restore(self, scalars, arrays):
+        """Set the fitted state from what :meth:`_state` returned."""
+        raise NotImplementedError
+
     def _require_fitted(self):
         if self.latent_dim is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(latents) first")
@@ -86,3 +143,43 @@ class LatentDensity:
 
     def _sample(self, n, rng):
         raise NotImplementedError
+
+
+def load_density(path):
+    """Read an estimator written by :meth:`LatentDensity.save`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    DensityFileError
+        The file is truncated or corrupt (checksums are verified), or not a density file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no density file at {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise DensityFileError(f"{path} is an HDF5 file but not a nifty_fishernet "
+                                       f"density")
+            if int(f.attrs["format_version"]) > FORMAT_VERSION:
+                raise DensityFileError(f"{path} has density format "
+                                       f"{int(f.attrs['format_version'])}; this package reads "
+                                       f"up to {FORMAT_VERSION}")
+            name = str(f.attrs["density_type"])
+            cls = DENSITY_TYPES.get(name)
+            if cls is None:
+                raise DensityFileError(f"{path} holds an unknown density type {name!r}")
+            settings = json.loads(f.attrs["settings"])
+            scalars = json.loads(f.attrs["fitted"])
+            arrays = {key: np.asarray(ds[()]) for key, ds in f["arrays"].items()}
+    except DensityFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise DensityFileError(f"{path} is not a readable density file (truncated or "
+                               f"corrupt): {err}") from err
+    density = cls(**settings)
+    density.latent_dim = int(scalars.pop("latent_dim"))
+    density._restore(scalars, arrays)
+    return density

@@ -10,7 +10,7 @@ import nifty8 as ift
 import numpy as np
 from tqdm.auto import tqdm
 
-from .base import LatentDensity
+from .base import LatentDensity, register_density
 
 __all__ = ["MaternKDE", "GridTooLargeError"]
 
@@ -22,6 +22,7 @@ class GridTooLargeError(ValueError):
     """The MKDE grid for this latent dimension would not fit the memory budget."""
 
 
+@register_density
 class MaternKDE(LatentDensity):
     """Matérn kernel density estimate on a grid, fitted with NIFTy's MGVI or geoVI.
 
@@ -232,6 +233,32 @@ class MaternKDE(LatentDensity):
         cells = rng.choice(flat.size, size=n, p=flat / flat.sum())
         index = np.stack(np.unravel_index(cells, self.cells), axis=-1)
         return self.lower + (index + rng.uniform(size=index.shape)) * self.widths
+
+    # -- files --------------------------------------------------------------------------
+    _FITTED_ARRAYS = ("lower", "upper", "widths", "counts", "_probabilities",
+                      "_probability_samples")
+
+    def _state(self):
+        settings = dict(cells_per_axis=list(self.cells), pad=self.pad, margin=self.margin,
+                        method=self.method, n_samples=self.n_samples,
+                        iterations=self.iterations, newton_iterations=self.newton_iterations,
+                        sampling_iterations=self.sampling_iterations,
+                        tolerance=self.tolerance, sample_density=self.sample_density,
+                        memory_budget_mib=self.memory_budget_mib,
+                        cf_fluctuations=self.cf_fluctuations,
+                        cf_azm_uniform=self.cf_azm_uniform, seed=self.seed,
+                        progress=self.progress)
+        scalars = dict(cells=list(self.cells), cell_volume=self.cell_volume,
+                       seconds=self.seconds)
+        return settings, scalars, {key: getattr(self, key) for key in self._FITTED_ARRAYS}
+
+    def _restore(self, scalars, arrays):
+        self.cells = tuple(int(c) for c in scalars["cells"])
+        self.cell_volume = float(scalars["cell_volume"])
+        self.seconds = float(scalars["seconds"])
+        for key in self._FITTED_ARRAYS:
+            setattr(self, key, arrays[key])
+        self.density_grid = self._probabilities / self.cell_volume
 
     @property
     def edges(self):

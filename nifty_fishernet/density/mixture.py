@@ -6,11 +6,12 @@ import warnings
 
 import numpy as np
 
-from .base import LatentDensity
+from .base import LatentDensity, register_density
 
 __all__ = ["GaussianMixtureDensity"]
 
 
+@register_density
 class GaussianMixtureDensity(LatentDensity):
     """Gaussian mixture (scikit-learn's ``GaussianMixture``) with its size chosen on held-out data.
 
@@ -94,6 +95,29 @@ class GaussianMixtureDensity(LatentDensity):
 
     def _log_density(self, latents):
         return self.mixture.score_samples(latents)
+
+    # scikit-learn's fitted attributes that define the mixture (no pickle in the file)
+    _MIXTURE_ARRAYS = ("weights_", "means_", "covariances_", "precisions_cholesky_",
+                       "precisions_")
+
+    def _state(self):
+        settings = dict(components=self.components, held_out=self.held_out,
+                        covariance_type=self.covariance_type, reg_covar=self.reg_covar,
+                        n_init=self.n_init, seed=self.seed)
+        scalars = dict(selection=[[k, v] for k, v in self.selection.items()],
+                       n_components=int(self.n_components), at_limit=bool(self.at_limit))
+        return settings, scalars, {key: getattr(self.mixture, key)
+                                   for key in self._MIXTURE_ARRAYS}
+
+    def _restore(self, scalars, arrays):
+        self.selection = {int(k): float(v) for k, v in scalars["selection"]}
+        self.n_components = int(scalars["n_components"])
+        self.at_limit = bool(scalars["at_limit"])
+        self.mixture = self._mixture(self.n_components)
+        for key in self._MIXTURE_ARRAYS:
+            setattr(self.mixture, key, arrays[key])
+        self.mixture.n_features_in_ = self.latent_dim
+        self.mixture.converged_ = True
 
     def _sample(self, n, rng):
         # Own draws from the fitted parameters, so that the caller's generator decides them.

@@ -9,7 +9,9 @@ probed with ``d`` metric applications and solved exactly:
 
 - :class:`BlockPreconditioner` preconditions the CG that draws MGVI samples,
 - :class:`PreconditionedHamiltonian` hands it to NIFTy's sampling,
-- :class:`BlockNewton` takes exact Newton steps for the KL (and MAP, geoVI samples).
+- :class:`BlockNewton` takes exact Newton steps for the KL and the MAP. (Not for geoVI's
+  nonlinear sample updates: there it moved the result away from NIFTy's Newton-CG one, so
+  :func:`~nifty_fishernet.nifty.infer_latents` keeps Newton-CG for them.)
 
 Where a response couples data points the probes return sums over coupled blocks; the
 preconditioner then falls back to the identity and :class:`BlockNewton` to NIFTy's

@@ -1,0 +1,102 @@
+"""Results stored under a key of everything that determines them, so reruns skip finished work.
+
+A key is a SHA-256 :func:`fingerprint` of the inputs (settings, arrays, a model's weights);
+:class:`ResultCache` keeps JSON records in a folder, one file per key, written atomically. A
+changed input gives a new key, so a stale result is never read back; ``force`` recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["fingerprint", "ResultCache"]
+
+
+def _feed(digest, part):
+    if isinstance(part, torch.Tensor):
+        part = part.detach().cpu().numpy()
+    if isinstance(part, torch.nn.Module):
+        digest.update(type(part).__name__.encode())
+        _feed(digest, getattr(part, "config", None))
+        for name, tensor in part.state_dict().items():
+            digest.update(name.encode())
+            _feed(digest, tensor)
+    elif isinstance(part, np.ndarray):
+        array = np.ascontiguousarray(part)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.view(np.uint8).reshape(-1).data if array.size else b"")
+    else:
+        # settings: JSON with sorted keys, so that equal dicts give equal keys
+        digest.update(json.dumps(part, sort_keys=True, default=repr).encode())
+    digest.update(b"\x00")
+
+
+def fingerprint(*parts):
+    """SHA-256 hex digest of ``parts``: JSON-able settings, numpy arrays, tensors, or modules
+    (their class, ``config`` and every tensor of the ``state_dict``)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        _feed(digest, part)
+    return digest.hexdigest()
+
+
+class ResultCache:
+    """JSON records in ``folder``, one file ``<label>_<key[:16]>.json`` per key.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Created on the first write.
+    force : bool
+        Ignore stored records (:meth:`get` returns None); new ones replace them.
+    """
+
+    def __init__(self, folder, force=False):
+        self.folder = Path(folder)
+        self.force = bool(force)
+
+    def path(self, label, key, suffix=".json"):
+        """The file for ``key``; ``label`` makes it readable (e.g. ``"table1_FisherNet_d5"``)."""
+        return self.folder / f"{label}_{key[:16]}{suffix}"
+
+    def get(self, label, key):
+        """The stored record, or None (not stored, ``force``, or unreadable: then recomputed)."""
+        path = self.path(label, key)
+        if self.force or not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            warnings.warn(f"ignoring unreadable cache file {path} ({err}); recomputing it",
+                          RuntimeWarning, stacklevel=2)
+            return None
+        if not isinstance(record, dict) or record.get("key") != key:
+            warnings.warn(f"ignoring cache file {path}: it holds another key; recomputing it",
+                          RuntimeWarning, stacklevel=2)
+            return None
+        return record["value"]
+
+    def put(self, label, key, value):
+        """Store a JSON-able ``value`` under ``key`` (atomically); returns the file's path."""
+        path = self.path(label, key)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"key": key, "value": value}, indent=1)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path

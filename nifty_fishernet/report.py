@@ -1,0 +1,91 @@
+"""The markdown summary of a Fashion-MNIST run: our measurements beside the paper's values.
+
+The last step of the flow data -> models -> training -> evaluation -> report: it reads the
+run's record (the ``results.json`` of ``demos/fashion_mnist.py``) and writes ``summary.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .evaluation import table1_markdown
+
+__all__ = ["summary_markdown", "write_summary", "PAPER_VAE_MSE_EXCESS", "PAPER_VAE_MSE_PLATEAU"]
+
+#: Paper, Sect. 3.1.2 (Fig. 2, 50 epochs): the VAE's test MSE minus the FisherNet's.
+PAPER_VAE_MSE_EXCESS = {2: 2e-4, 3: 7.5e-4}
+#: Paper, Sect. 3.1.2: the VAE's test MSE "fluctuates around" this value for larger d.
+PAPER_VAE_MSE_PLATEAU = 0.0175
+
+
+def _table(rows, dims, header, fmt):
+    lines = [f"| {header} | " + " | ".join(f"d={d}" for d in dims) + " |",
+             "|---|" + "---|" * len(dims)]
+    for name, values in rows.items():
+        cells = ["–" if values.get(d) is None else fmt(values[d]) for d in dims]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_markdown(report):
+    """The summary of one run as markdown.
+
+    Parameters
+    ----------
+    report : dict
+        The run's record: ``mode``, ``command``, ``setting`` (``dims``, ``epochs``,
+        ``n_train``, ``lr``, ``noise_lr``, ``batch_size``), ``seed``, ``device``, ``torch``,
+        ``threads``, ``machine``, ``wall_seconds``, ``results`` (``{model: {str(d):
+        {"test_mse", "seconds_per_epoch", "noise_std"}}}``) and optionally ``table1`` (from
+        :func:`~nifty_fishernet.evaluation.sample_quality`) and ``figures`` (file names).
+    """
+    setting, results = report["setting"], report["results"]
+    dims = list(setting["dims"])
+
+    def per_model(key):
+        return {name: {d: runs.get(str(d), {}).get(key) for d in dims}
+                for name, runs in results.items()}
+
+    lines = [f"# FisherNet on Fashion-MNIST: {report['mode']} run", "",
+             f"Command: `{report.get('command', 'python demos/fashion_mnist.py')}`", "",
+             f"- {setting['epochs']} epochs on {setting['n_train']:,} training images, batch "
+             f"{setting['batch_size']}, Adam lr {setting['lr']:g} (noise level: "
+             f"{setting['lr'] if setting['noise_lr'] is None else setting['noise_lr']:g}), "
+             f"seed {report['seed']}",
+             f"- device {report['device']}, torch {report['torch']} ({report['threads']} "
+             f"threads), {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
+             f"(work found finished in the output folder is not redone and not counted)", "",
+             f"## Test MSE (Eq. 32-33) after {setting['epochs']} epochs", ""]
+    lines += _table(per_model("test_mse"), dims, "model", lambda v: f"{v:.5f}")
+    if "FisherNet" in results and "VAE" in results:
+        excess = {d: results["VAE"][str(d)]["test_mse"] - results["FisherNet"][str(d)]["test_mse"]
+                  for d in dims}
+        lines += ["", "VAE minus FisherNet, ours (paper's in parentheses, Sect. 3.1.2, 50 epochs):",
+                  "", "| | " + " | ".join(f"d={d}" for d in dims) + " |",
+                  "|---|" + "---|" * len(dims),
+                  "| test MSE of the VAE minus the FisherNet's | " + " | ".join(
+                      f"{excess[d]:+.2e}" + (f" ({PAPER_VAE_MSE_EXCESS[d]:+.1e})"
+                                             if d in PAPER_VAE_MSE_EXCESS else "")
+                      for d in dims) + " |"]
+        lines += ["", f"The paper's VAE plateaus near MSE {PAPER_VAE_MSE_PLATEAU} for larger d."]
+    lines += ["", "## Seconds per training epoch", ""]
+    lines += _table(per_model("seconds_per_epoch"), dims, "model", lambda v: f"{v:.1f}")
+    lines += ["", "## Learned noise level sigma_N after training", ""]
+    lines += _table(per_model("noise_std"), dims, "model", lambda v: f"{v:.4f}")
+    if report.get("table1"):
+        quality = report["table1"]
+        lines += ["", "## Table 1: FIDs", "", table1_markdown(quality).rstrip()]
+        if quality.get("cached"):
+            lines += ["", f"{len(quality['cached'])} of the entries were read from the cache "
+                          f"(computed by an earlier run with the same models and settings)."]
+    if report.get("figures"):
+        lines += ["", "## Figures", ""]
+        lines += [f"![{name}]({name})" for name in report["figures"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(report, folder):
+    """Write :func:`summary_markdown` to ``folder/summary.md``; returns the path."""
+    path = Path(folder) / "summary.md"
+    path.write_text(summary_markdown(report))
+    return path
