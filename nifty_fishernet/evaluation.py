@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import ResultCache, fingerprint
-from .density import GaussianMixtureDensity, GridTooLargeError, MaternKDE, load_density
+from .density import (DensityFileError, GaussianMixtureDensity, GridTooLargeError, MaternKDE,
+                      load_density)
 from .metrics.features import CLASSIFIER_FILE
 from .metrics.fid import feature_statistics, fid
 
@@ -164,18 +166,12 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
     for name, d, model in tqdm(jobs, desc="sample quality", disable=not progress):
         model.eval()
         label = f"table1_{name}_d{d}"
-        key = None if cache is None else fingerprint("table1", model, images_key, settings)
-        fitted = {}
-        entry = None
+        entry, fitted = None, {}
         if cache is not None:
-            entry = cache.get(label, key)
-            for kind in ("mkde", "gmm"):
-                path = cache.path(f"density_{name}_d{d}_{kind}", key, ".h5")
-                if entry is not None and entry.get(kind) is not None and densities is not None:
-                    if not path.is_file():
-                        entry = None  # the density was removed: fit it again
-                        break
-                    fitted[kind] = load_density(path)
+            key = fingerprint("table1", model, images_key, settings)
+            paths = {kind: cache.path(f"density_{name}_d{d}_{kind}", key, ".h5")
+                     for kind in ("mkde", "gmm")}
+            entry, fitted = _stored_entry(cache, label, key, paths, densities is not None)
         if entry is not None:
             out["cached"].append([name, int(d)])
         else:
@@ -184,7 +180,7 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
                                            mkde_options, gmm_options)
             if cache is not None:
                 for kind, density in fitted.items():
-                    density.save(cache.path(f"density_{name}_d{d}_{kind}", key, ".h5"))
+                    density.save(paths[kind])
                 entry = jsonable(entry)
                 cache.put(label, key, entry)
         if densities is not None:
@@ -193,6 +189,24 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
         out["results"].setdefault(name, {})[int(d)] = entry
     out["seconds"] = time.perf_counter() - began
     return out
+
+
+def _stored_entry(cache, label, key, density_paths, with_densities):
+    """A stored Table 1 entry (and its fitted densities if asked for), or ``(None, {})`` when
+    anything is missing or unreadable: then the entry is computed again."""
+    entry = cache.get(label, key)
+    fitted = {}
+    if entry is None or not with_densities:
+        return entry, fitted
+    for kind, path in density_paths.items():
+        if entry.get(kind) is None:
+            continue  # not computed (e.g. no MKDE grid in this d): no file either
+        try:
+            fitted[kind] = load_density(path)
+        except (FileNotFoundError, DensityFileError) as err:
+            warnings.warn(f"recomputing {label}: {err}", RuntimeWarning, stacklevel=3)
+            return None, {}
+    return entry, fitted
 
 
 def _quality_entry(model, train_images, test_images, against_test, estimators, rng,

@@ -118,6 +118,14 @@ def test_cached_evaluation_is_read_back_and_keyed_by_the_weights(fmnist_small, t
     for key, density in densities.items():
         np.testing.assert_array_equal(density.log_density(z), first_densities[key].log_density(z))
 
+    # a stored density that went missing: that entry alone is computed again
+    (removed,) = tmp_path.glob("density_VAE_d2_gmm_*.h5")
+    removed.unlink()
+    with pytest.warns(RuntimeWarning, match="recomputing table1_VAE_d2"):
+        partly = sample_quality(models, train_x[:600], test_x, densities={}, **options)
+    assert partly["cached"] == [["FisherNet", 2]] and removed.is_file()
+    assert partly["results"]["VAE"][2]["gmm"] == first["results"]["VAE"][2]["gmm"]
+
     with torch.no_grad():
         models["VAE"][2].decoder.linears[-1].bias.add_(0.1)  # new weights, new key
     changed = sample_quality(models, train_x[:600], test_x, **options)
