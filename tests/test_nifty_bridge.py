@@ -68,7 +68,7 @@ def test_nifty_metric_equals_fishernet_metric():
         {"latent": ift.makeField(likelihood.domain["latent"], mu)})
     blocks = metric_blocks(likelihood, position)
     with torch.no_grad():
-        reference = model.metric(torch.from_numpy(mu)).detach().numpy()
+        reference = model.metric(torch.tensor(mu)).detach().numpy()
     np.testing.assert_allclose(blocks, reference, rtol=1e-10, atol=1e-12)
 
 
