@@ -85,9 +85,9 @@ def test_nifty_inverse_metric_draws_match_sample_latent():
     nifty_draws = np.stack([metric.draw_sample(from_inverse=True)["latent"].val[0]
                             for _ in range(n)])
     with torch.no_grad():
-        torch_draws = model.sample_latent(torch.from_numpy(mu), n_samples=n,
+        torch_draws = model.sample_latent(torch.tensor(mu), n_samples=n,
                                           generator=torch.Generator().manual_seed(0))[:, 0]
-        cov = model.posterior_covariance(torch.from_numpy(mu))[0].numpy()
+        cov = model.posterior_covariance(torch.tensor(mu))[0].numpy()
     assert np.abs(cov[0, 1]) / np.sqrt(cov[0, 0] * cov[1, 1]) > 0.3  # truly correlated
     # n = 3000: relative sampling error of each entry ~sqrt(2/n) = 2.6%; allow 10%.
     for draws in (nifty_draws, torch_draws.numpy()):
@@ -113,7 +113,7 @@ def test_map_matches_scipy_minimum_of_the_same_posterior():
     for b in range(2):
         def energy(z):
             with torch.no_grad():
-                residual = data[b] - model.decoder(torch.from_numpy(z)[None])[0].numpy()
+                residual = data[b] - model.decoder(torch.tensor(z)[None])[0].numpy()
             return 0.5 * z @ z + 0.5 * precision * residual @ residual
 
         # Nelder-Mead needs no gradient, so the kinks do not stop it.
@@ -127,7 +127,7 @@ def test_map_matches_scipy_minimum_of_the_same_posterior():
     # The Laplace covariance is the inverse FisherNet metric at the MAP point.
     np.testing.assert_allclose(
         result.covariance,
-        torch.linalg.inv(model.metric(torch.from_numpy(result.mean))).detach().numpy(),
+        torch.linalg.inv(model.metric(torch.tensor(result.mean))).detach().numpy(),
         rtol=1e-8)
 
 
@@ -208,7 +208,7 @@ def test_preconditioned_draws_have_the_inverse_metric_covariance_in_few_iteratio
     n = 2000
     draws = np.stack([metric.draw_sample(from_inverse=True)["latent"].val for _ in range(n)])
     with torch.no_grad():
-        cov = model.posterior_covariance(torch.from_numpy(mu)).numpy()
+        cov = model.posterior_covariance(torch.tensor(mu)).numpy()
     # n = 2000: relative error of each entry ~sqrt(2/n) = 3%; allow 10% (Frobenius).
     for b in range(batch):
         emp = np.cov(draws[:, b].T)
