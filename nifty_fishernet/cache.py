@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_path
 
 __all__ = ["fingerprint", "ResultCache"]
 
@@ -87,16 +87,6 @@ class ResultCache:
     def put(self, label, key, value):
         """Store a JSON-able ``value`` under ``key`` (atomically); returns the file's path."""
         path = self.path(label, key)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"key": key, "value": value}, indent=1)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps({"key": key, "value": value}, indent=1))
         return path

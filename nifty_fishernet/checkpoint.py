@@ -103,25 +103,33 @@ def save(path, model, optimizer=None, history=None, training_state=None):
 
 
 @contextlib.contextmanager
-def atomic_hdf5(path):
-    """Open a new HDF5 file that replaces ``path`` only once it is completely written.
+def atomic_path(path):
+    """A temporary path in ``path``'s folder that replaces ``path`` once the block succeeds.
 
-    The file is written under a temporary name in the same folder, synced, and renamed over
-    ``path``; on any error the temporary file is removed and ``path`` is left as it was.
+    Write the file under the yielded name; it is synced and renamed over ``path`` at the end
+    of the ``with`` block. On any error the temporary file is removed and ``path`` is left as
+    it was, so a reader never sees a half-written file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path):
+    """Open a new HDF5 file that replaces ``path`` only once it is completely written
+    (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def write_state_dict(group, state_dict):

@@ -174,8 +174,7 @@ def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterat
     delta = float(tolerance) * domain.shape[0]
     if not delta > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
-    newton = BlockNewton if blockwise else ift.NewtonCG
-    kl_minimizer = newton(ift.AbsDeltaEnergyController(
+    kl_minimizer = (BlockNewton if blockwise else ift.NewtonCG)(ift.AbsDeltaEnergyController(
         delta, convergence_level=2, iteration_limit=newton_iterations, name=None))
     if method == "map":
         n_samples, sampling, nonlinear = 0, None, None
