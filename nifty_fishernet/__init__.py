@@ -13,7 +13,8 @@ from .density import (GaussianMixtureDensity, GridTooLargeError, LatentDensity, 
 from .fisher import (decoder_jacobian, draw_metric_noise, inverse_metric_offsets_cg,
                      inverse_metric_offsets_cholesky, metric_from_jacobian, principal_axes)
 from .metrics import feature_statistics, fid, reconstruction_mse
-from .models import MLP, ConvVAE, FisherNet, LatentModel, VAE
+from .models import (MLP, ConvVAE, FisherNet, LatentModel, RefinedPosterior, RefineOptions,
+                     VAE, refine_posterior)
 from .nifty import (FisherNetLikelihood, LatentPosterior, TorchOperator, decoder_likelihood,
                     infer_latents, latent_posterior)
 from .training import TrainingDivergedError, train
@@ -24,6 +25,8 @@ __all__ = [
     "__version__",
     # models
     "LatentModel", "FisherNet", "VAE", "ConvVAE", "MLP",
+    # refined posteriors
+    "RefineOptions", "RefinedPosterior", "refine_posterior",
     # Fisher-metric math
     "decoder_jacobian", "metric_from_jacobian", "draw_metric_noise",
     "inverse_metric_offsets_cholesky", "inverse_metric_offsets_cg", "principal_axes",

@@ -53,8 +53,11 @@ def check_data(x, width, dtype, name="x"):
 class LatentModel(nn.Module):
     """Base class: an autoencoder with a Gaussian latent posterior per datum.
 
-    Subclasses set ``latent_dim`` and ``data_dim`` and implement :meth:`encode`,
-    :meth:`decode`, :meth:`loss`, :meth:`posterior` and :meth:`sample_posterior`.
+    Subclasses set ``latent_dim`` and ``data_dim``, hold ``decoder`` (the network ``f``) and
+    ``noise`` (:class:`~nifty_fishernet.models.noise.GaussianNoise`), and implement
+    :meth:`encode`, :meth:`decode`, :meth:`loss`, :meth:`amortized_posterior` and
+    :meth:`sample_amortized`. :meth:`posterior` and :meth:`sample_posterior` add the refined
+    posterior (:func:`~nifty_fishernet.models.refine.refine_posterior`) for every model.
     ``config`` holds the constructor arguments, which is all a checkpoint needs to rebuild
     the model.
     """
@@ -94,13 +97,63 @@ class LatentModel(nn.Module):
         """Training loss: mean over the batch of each datum's share of the objective."""
         raise NotImplementedError
 
-    def posterior(self, x):
-        """Latent posterior approximation ``(mu (B, d), covariance (B, d, d))`` for ``x``."""
+    def amortized_posterior(self, x):
+        """The encoder's posterior approximation ``(mu (B, d), covariance (B, d, d))``."""
         raise NotImplementedError
 
-    def sample_posterior(self, x, n_samples=1, generator=None):
-        """Draws from the latent posterior approximation for ``x``: ``(n_samples, B, d)``."""
+    def sample_amortized(self, x, n_samples=1, generator=None):
+        """Draws from :meth:`amortized_posterior`: ``(n_samples, B, d)``."""
         raise NotImplementedError
+
+    def posterior(self, x, refine=False, **options):
+        """Latent posterior ``(mean (B, d), covariance (B, d, d))`` of data ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Data ``(B, k)``.
+        refine : bool or RefineOptions
+            False (default): the amortized posterior, one encoder pass. True (or a
+            :class:`~nifty_fishernet.models.refine.RefineOptions`): Newton steps from the
+            encoder's mean to the MAP of the model's own posterior, then its Laplace
+            covariance or importance-sampled moments
+            (:func:`~nifty_fishernet.models.refine.refine_posterior`).
+        **options
+            Fields of ``RefineOptions`` (e.g. ``correction="importance"``); only with
+            ``refine``.
+        """
+        if refine is False:
+            if options:
+                raise ValueError(f"refine options {sorted(options)} given without refine=True")
+            return self.amortized_posterior(x)
+        result = self.refined_posterior(x, refine, **options)
+        return result.mean, result.covariance
+
+    def refined_posterior(self, x, refine=True, **options):
+        """The full :class:`~nifty_fishernet.models.refine.RefinedPosterior` of ``x`` (MAP,
+        Laplace covariance, Newton steps, importance draws and their effective size)."""
+        from .refine import RefineOptions, refine_posterior
+
+        if refine is True:
+            refine = None
+        elif not isinstance(refine, RefineOptions):
+            raise TypeError(f"refine must be False, True or a RefineOptions, got {refine!r}")
+        return refine_posterior(self, x, refine, **options)
+
+    def sample_posterior(self, x, n_samples=1, generator=None, refine=False, **options):
+        """Draws from :meth:`posterior` for ``x``: ``(n_samples, B, d)``.
+
+        The refined posterior is sampled as the Gaussian of its mean and covariance.
+        """
+        if refine is False:
+            if options:
+                raise ValueError(f"refine options {sorted(options)} given without refine=True")
+            return self.sample_amortized(x, n_samples, generator)
+        mean, covariance = self.posterior(x, refine, **options)
+        chol = torch.linalg.cholesky(covariance)
+        eps = torch.randn((n_samples,) + tuple(mean.shape), generator=generator,
+                          dtype=mean.dtype, device=mean.device)
+        return mean + torch.einsum("bij,sbj->sbi", chol, eps)
 
     def reconstruct(self, x):
         """``decode(encode(x))``: the reconstruction from the latent mean (Eq. 32-33)."""

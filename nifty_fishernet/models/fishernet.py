@@ -94,7 +94,7 @@ class FisherNet(LatentModel):
         first: the uncertainty ellipses of the paper's Fig. 5."""
         return principal_axes(self.posterior_covariance(mu))
 
-    def posterior(self, x):
+    def amortized_posterior(self, x):
         mu = self.encode(x)
         return mu, self.posterior_covariance(mu)
 
@@ -140,7 +140,7 @@ class FisherNet(LatentModel):
         self._check_latent(mu, "mu")
         return mu + self._offsets(mu, n_samples, generator, solver, noise)
 
-    def sample_posterior(self, x, n_samples=1, generator=None):
+    def sample_amortized(self, x, n_samples=1, generator=None):
         return self.sample_latent(self.encode(x), n_samples, generator)
 
     def loss(self, x, n_data=None, generator=None, differentiate_metric=None, noise=None):

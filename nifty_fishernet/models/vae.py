@@ -46,11 +46,11 @@ class _GaussianEncoderVAE(LatentModel):
                           dtype=mu.dtype, device=mu.device)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def posterior(self, x):
+    def amortized_posterior(self, x):
         mu, logvar = self.encode_distribution(x)
         return mu, torch.diag_embed(torch.exp(logvar))
 
-    def sample_posterior(self, x, n_samples=1, generator=None):
+    def sample_amortized(self, x, n_samples=1, generator=None):
         mu, logvar = self.encode_distribution(x)
         return self.sample_latent(mu, n_samples, generator, logvar=logvar)
 

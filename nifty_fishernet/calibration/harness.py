@@ -1,0 +1,174 @@
+"""One model's latent posteriors judged against the truth: the calibration harness.
+
+:func:`calibrate` measures, for one trained model, every posterior approximation asked for
+
+- by simulation-based calibration on the model's own generative process (coverage of the
+  true ``z`` by the 68 % / 95 % regions, SBC rank histograms per latent dimension), and
+- against the exact posterior of the model's own decoder on real images (the exact mass
+  inside the approximation's regions, KL both ways, the mean's error in posterior sigma),
+
+and tests the paper's lower-bound claim (generalised eigenvalues of the exact covariance
+against ``M(MAP)^{-1}``). NIFTy's MGVI and geoVI (sampled posteriors) take part through
+:func:`nifty_fishernet.latent_posterior`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .exact import compare_to_exact, exact_posterior, lower_bound_eigenvalues
+from .sbc import LEVELS, gaussian_coverage, rank_histogram, sample_coverage, sbc_ranks, simulate
+
+__all__ = ["calibrate", "DEFAULT_METHODS", "NIFTY_METHODS"]
+
+#: Gaussian posteriors measured by default: name -> keyword arguments of ``model.posterior``.
+DEFAULT_METHODS = {
+    "amortized": dict(refine=False),
+    "refined (Laplace)": dict(refine=True),
+    "refined (importance)": dict(refine=True, correction="importance"),
+}
+#: Sampled posteriors through NIFTy.
+NIFTY_METHODS = ("mgvi", "geovi")
+
+
+def _quantiles(values):
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(np.mean(values)), "median": float(np.median(values)),
+            "q10": float(np.quantile(values, 0.1)), "q90": float(np.quantile(values, 0.9))}
+
+
+def _coverage(covered):
+    return {str(round(100 * level)): float(np.mean(covered[:, i]))
+            for i, level in enumerate(LEVELS)}
+
+
+def _gaussian_draws(mean, covariance, n, generator):
+    chol = torch.linalg.cholesky(covariance.double())
+    eps = torch.randn(n, *mean.shape, generator=generator, dtype=torch.float64)
+    return mean.double() + torch.einsum("bij,sbj->sbi", chol, eps)
+
+
+def _batched(model, x, batch_size, function):
+    parts = [function(x[start:start + batch_size]) for start in range(0, x.shape[0], batch_size)]
+    return [torch.cat(values) for values in zip(*parts)]
+
+
+def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
+              n_nifty=64, seed=0, rank_draws=99, bins=10, batch_size=256, exact_options=None,
+              nifty_options=None, progress=True):
+    """Measure how honest each posterior approximation of ``model`` is.
+
+    Parameters
+    ----------
+    model : nifty_fishernet.models.LatentModel
+        A trained model; put in eval mode here.
+    real_images : array-like
+        ``(n, k)`` test images in [0, 1]; the first ``n_real`` are used.
+    methods : dict, optional
+        ``{name: keyword arguments of model.posterior}`` (default :data:`DEFAULT_METHODS`).
+    nifty : sequence of {"mgvi", "geovi"}
+        NIFTy methods to run on the first ``n_nifty`` simulated data (simulation-based
+        calibration only; their cost is that of :func:`nifty_fishernet.latent_posterior`).
+    n_simulated, n_real : int
+        Simulated data for SBC, real images for the exact comparison (0 skips it).
+    seed : int
+        Seeds the simulation, the rank draws and the importance samplers.
+    rank_draws : int
+        Draws per Gaussian posterior for the SBC ranks.
+    bins : int
+        Bins of the rank histograms.
+    exact_options : dict, optional
+        Keyword arguments of :func:`~nifty_fishernet.calibration.exact_posterior`.
+    nifty_options : dict, optional
+        Keyword arguments of :func:`nifty_fishernet.latent_posterior`.
+
+    Returns
+    -------
+    dict
+        ``latent_dim``, ``noise_std``, ``simulated`` (per method: ``coverage`` at 68 / 95,
+        ``rank_histogram`` ``(d, bins)``, ``seconds_per_datum``; plus ``exact reference``,
+        the SBC of the exact posterior itself for ``d > 3`` where it is importance-sampled),
+        ``real`` (per method: ``mass_68``, ``mass_95``, ``kl_pq``, ``kl_qp``,
+        ``mean_error_sigma`` as mean / median / 10 % / 90 % over images; plus the exact
+        posterior's ``method``, ``edge_mass`` or ``ess``) and ``lower_bound`` (quantiles of
+        the generalised eigenvalues, the fraction below 1).
+    """
+    methods = dict(DEFAULT_METHODS if methods is None else methods)
+    unknown = set(nifty) - set(NIFTY_METHODS)
+    if unknown:
+        raise ValueError(f"unknown NIFTy methods {sorted(unknown)}; known: {NIFTY_METHODS}")
+    model.eval()
+    generator = torch.Generator().manual_seed(int(seed))
+    out = {"latent_dim": model.latent_dim, "noise_std": model.noise_std,
+           "n_simulated": int(n_simulated), "n_real": int(n_real), "simulated": {}, "real": {}}
+    truth, x = simulate(model, n_simulated, seed)
+    jobs = list(methods) + list(nifty) + (["exact"] if n_real else [])
+    bar = tqdm(total=len(jobs) + (1 if model.latent_dim > 3 else 0),
+               desc=f"calibration {type(model).__name__} d={model.latent_dim}",
+               disable=not progress, leave=False)
+    for name, options in methods.items():
+        began = time.perf_counter()
+        with torch.no_grad():
+            mean, cov = _batched(model, x, batch_size,
+                                 lambda part, o=options: model.posterior(part, **o))
+        seconds = (time.perf_counter() - began) / x.shape[0]
+        draws = _gaussian_draws(mean, cov, rank_draws, generator)
+        out["simulated"][name] = {
+            "coverage": _coverage(gaussian_coverage(mean, cov, truth)),
+            "rank_histogram": rank_histogram(sbc_ranks(draws, truth), bins).tolist(),
+            "seconds_per_datum": seconds}
+        bar.update()
+    for method in nifty:
+        from ..nifty import latent_posterior
+
+        began = time.perf_counter()
+        options = dict(n_samples=10, total_iterations=3, seed=int(seed))
+        options.update(nifty_options or {})
+        subset = slice(0, min(int(n_nifty), x.shape[0]))
+        result = latent_posterior(model, x[subset].double().cpu().numpy(), method, **options)
+        seconds = (time.perf_counter() - began) / (subset.stop or 1)
+        draws = torch.from_numpy(result.latent_draws())
+        out["simulated"][method] = {
+            "coverage": _coverage(sample_coverage(draws, truth[subset])),
+            "rank_histogram": rank_histogram(sbc_ranks(draws, truth[subset]), bins).tolist(),
+            "seconds_per_datum": seconds, "n": int(subset.stop), "draws": int(draws.shape[0])}
+        bar.update()
+    options = dict(exact_options or {})
+    options.setdefault("seed", int(seed))
+    if model.latent_dim > 3:
+        # the exact reference itself: does importance sampling find the posterior?
+        reference = exact_posterior(model, x, **options)
+        out["simulated"]["exact reference"] = {
+            "coverage": _coverage(sample_coverage(reference.points, truth,
+                                                  weights=reference.log_weights.exp())),
+            "rank_histogram": rank_histogram(sbc_ranks(reference.points, truth,
+                                                       reference.log_weights.exp()),
+                                             bins).tolist(),
+            "ess": _quantiles(reference.ess.numpy())}
+        bar.update()
+    if n_real:
+        real = torch.as_tensor(np.asarray(real_images[:n_real]), dtype=model.dtype,
+                               device=model.device)
+        refined = model.refined_posterior(real)
+        exact = exact_posterior(model, real, refined=refined, **options)
+        out["real"]["exact"] = {"method": exact.method}
+        if exact.edge_mass is not None:
+            out["real"]["exact"].update(edge_mass_max=float(exact.edge_mass.max()),
+                                        spacing_sigma=exact.spacing)
+        if exact.ess is not None:
+            out["real"]["exact"]["ess"] = _quantiles(exact.ess.numpy())
+        for name, method_options in methods.items():
+            with torch.no_grad():
+                mean, cov = model.posterior(real, **method_options)
+            metrics = compare_to_exact(model, real, exact, mean, cov, seed=seed)
+            out["real"][name] = {key: _quantiles(value) for key, value in metrics.items()}
+        eigenvalues = lower_bound_eigenvalues(exact.covariance, exact.laplace_covariance)
+        out["lower_bound"] = {**_quantiles(eigenvalues),
+                              "fraction_below_1": float(np.mean(eigenvalues < 1))}
+        bar.update()
+    bar.close()
+    return out
