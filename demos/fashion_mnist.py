@@ -16,6 +16,10 @@ Writes into the output folder:
   ``fig5_ellipses_one_image.png`` and ``fig5_reconstructions_along_axes.png``,
   ``fig6_shoe_ellipses.png``, ``fig7/fig8_normal_samples_d<d>.png`` (d = 2 and 15, or the
   largest d run), ``fig10_fishernet_samples_d5.png`` (N(0,1) against the density estimators);
+- ``calibration.json``, ``calibration.png``: every model's latent posteriors (amortized,
+  refined by Laplace and by importance sampling) against the truth: coverage of the true
+  latent on data simulated from the model itself, and the exact posterior's mass inside
+  their credible regions on real test images (``nifty_fishernet.calibration``);
 - ``summary.md``: the run's command and settings, test MSE, seconds per epoch and noise level
   per model and d, Table 1, the figures; the paper's values beside ours;
 - ``models/<model>_d<d>_<key>.h5``: the trained models, ``key`` a hash of the training
@@ -64,6 +68,8 @@ import torch  # noqa: E402
 
 import nifty_fishernet as nf  # noqa: E402
 from nifty_fishernet import plotting  # noqa: E402
+from nifty_fishernet.cache import ResultCache, fingerprint  # noqa: E402
+from nifty_fishernet.calibration import calibrate  # noqa: E402
 from nifty_fishernet.distributed import distributed_context  # noqa: E402
 from nifty_fishernet.report import write_summary  # noqa: E402
 from nifty_fishernet.plotting import plot_latent_density  # noqa: E402
@@ -77,10 +83,12 @@ MODELS = {
 SETTINGS = {
     "quick": dict(dims=[2, 5], epochs=5, n_train=12000, lr=1e-3, noise_lr=1e-2, batch_size=64,
                   features="fmnist", fid_images=2000,
-                  mkde=dict(cells_per_axis={2: 32, 5: 5}, n_samples=3, iterations=3)),
+                  mkde=dict(cells_per_axis={2: 32, 5: 5}, n_samples=3, iterations=3),
+                  calibration=dict(n_simulated=300, n_real=64, n_reference=100)),
     "paper": dict(dims=[2, 3, 5, 10, 15, 20], epochs=50, n_train=60000, lr=1e-4, noise_lr=None,
                   batch_size=64, features="inception", fid_images=10000,
-                  mkde=dict(cells_per_axis=None, n_samples=5, iterations=4)),
+                  mkde=dict(cells_per_axis=None, n_samples=5, iterations=4),
+                  calibration=dict(n_simulated=1000, n_real=200, n_reference=200)),
 }
 
 
@@ -91,6 +99,8 @@ def config_key(name, d, setting, seed):
 
 
 TRAINING_KEYS = ("epochs", "n_train", "lr", "noise_lr", "batch_size")
+#: Part of every calibration cache key: raise it when a change alters the numbers.
+CALIBRATION_VERSION = 1
 
 
 def parse_args(argv=None):
@@ -116,6 +126,12 @@ def parse_args(argv=None):
     parser.add_argument("--mkde-samples", type=int, help="MKDE antithetic sample pairs")
     parser.add_argument("--no-sample-quality", dest="sample_quality", action="store_false",
                         help="skip Table 1 (FIDs) and the latent density figure")
+    parser.add_argument("--no-calibration", dest="calibration", action="store_false",
+                        help="skip the calibration of the latent posteriors")
+    parser.add_argument("--calibration-sims", type=int,
+                        help="simulated data per model for the coverage (SBC)")
+    parser.add_argument("--calibration-images", type=int,
+                        help="test images per model compared with the exact posterior")
     parser.add_argument("--force", action="store_true",
                         help="retrain every model and recompute every metric, even where the "
                              "output folder holds them for this configuration")
@@ -241,8 +257,41 @@ def table1(trained, train_x, test_x, test_labels, setting, args, out):
     return quality, densities
 
 
+def calibration(trained, test_x, setting, args, out):
+    """Every model's posteriors against the truth (``nifty_fishernet.calibration``): coverage
+    on simulated data, exact-posterior mass on real test images; cached under a hash of the
+    model's weights and the settings. Writes ``calibration.json`` and ``calibration.png``."""
+    cache = ResultCache(out / "cache", force=args.force)
+    options = setting["calibration"]
+    results = {}
+    for name, by_dim in trained.items():
+        results[name] = {}
+        for d, model in sorted(by_dim.items()):
+            model = model.cpu().eval()
+            key = fingerprint("calibration", CALIBRATION_VERSION, model, options, args.seed,
+                              test_x[:options["n_real"]])
+            entry = cache.get(f"calibration_{name}_d{d}", key)
+            if entry is None:
+                began = time.perf_counter()
+                entry = calibrate(model, test_x, seed=args.seed, **options)
+                entry["seconds"] = time.perf_counter() - began
+                entry = nf.evaluation.jsonable(entry)
+                cache.put(f"calibration_{name}_d{d}", key, entry)
+            results[name][d] = entry
+            coverage = {m: v["coverage"] for m, v in entry["simulated"].items()}
+            print(f"{name:>14} d={d:<2} coverage 68/95 %: " + "; ".join(
+                f"{m} {c['68']:.2f}/{c['95']:.2f}" for m, c in coverage.items()))
+    (out / "calibration.json").write_text(json.dumps(nf.evaluation.jsonable(
+        {"settings": options, "seed": args.seed, "results": results}), indent=1))
+    plotting.plot_calibration(results, out / "calibration.png",
+                              "Latent posteriors against the truth (quick models)"
+                              if args.mode == "quick" else "Latent posteriors against the truth")
+    return results
+
+
 def _paper_order(name):
-    number = {"reconstructions.png": 0, "mse_per_epoch.png": 3, "latent_density.png": 9}.get(name)
+    number = {"reconstructions.png": 0, "mse_per_epoch.png": 3, "latent_density.png": 9,
+              "calibration.png": 11}.get(name)
     return number if number is not None else int(name[3:].split("_")[0])
 
 
@@ -253,6 +302,10 @@ def main(argv=None):
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
     setting["mkde"] = dict(setting["mkde"])
+    setting["calibration"] = dict(setting["calibration"])
+    for key, option in (("n_simulated", "calibration_sims"), ("n_real", "calibration_images")):
+        if getattr(args, option) is not None:
+            setting["calibration"][key] = getattr(args, option)
     for key, option in (("iterations", "mkde_iterations"), ("n_samples", "mkde_samples")):
         if getattr(args, option) is not None:
             setting["mkde"][key] = getattr(args, option)
@@ -304,6 +357,8 @@ def main(argv=None):
     if args.sample_quality:
         report["table1"], densities = table1(trained, train_x, test_x, test_labels, setting,
                                              args, out)
+    if args.calibration:
+        report["calibration"] = calibration(trained, test_x, setting, args, out)
     if "FisherNet" in trained:
         report["figures"] = figures(trained, results, densities, test_x, test_labels, setting,
                                     args.seed, out)
@@ -311,6 +366,8 @@ def main(argv=None):
     written = ["reconstructions.png", "mse_per_epoch.png"] + report.get("figures", [])
     if args.sample_quality and (out / "latent_density.png").is_file():
         written.append("latent_density.png")
+    if args.calibration:
+        written.append("calibration.png")
     report["figures"] = sorted(written, key=_paper_order)
     report["wall_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(nf.evaluation.jsonable(report), indent=1))

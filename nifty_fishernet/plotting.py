@@ -9,7 +9,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 __all__ = ["plot_latent_density", "plot_against_dimension", "plot_latent_means",
-           "plot_uncertainty_ellipses", "plot_image_rows"]
+           "plot_uncertainty_ellipses", "plot_image_rows", "plot_calibration"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -202,4 +202,67 @@ def plot_image_rows(rows, path, title=None, side=28):
         axes[i, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_calibration(results, path, title=None):
+    """Coverage against the nominal level, and SBC rank histograms.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model name: {latent_dim: calibrate(...) result}}`` (see
+        :func:`nifty_fishernet.calibration.calibrate`).
+    path : str or path-like
+        PNG file to write.
+
+    One row per latent dimension. Left: the coverage of the true latent by each method's
+    68 % and 95 % regions on simulated data (markers), and the exact posterior mass inside
+    them on real images (open markers), beside the nominal levels (dashed). Right: the
+    SBC rank histograms of the FisherNet's methods (all latent dimensions pooled; flat at 1
+    when calibrated; U-shaped: too narrow; humped: too wide).
+    """
+    dims = sorted({d for by_dim in results.values() for d in by_dim})
+    fig = Figure(figsize=(13, 3.6 * len(dims)))
+    axes = fig.subplots(len(dims), 2, squeeze=False, gridspec_kw=dict(width_ratios=(2, 1)))
+    markers = {"68": "o", "95": "s"}
+    for row, d in zip(axes, dims):
+        ax, hist_ax = row
+        labels, x = [], 0
+        for name, by_dim in results.items():
+            entry = by_dim.get(d)
+            if entry is None:
+                continue
+            for method, sim in entry["simulated"].items():
+                for level, marker in markers.items():
+                    ax.plot(x, sim["coverage"][level], marker, color="C0" if level == "68"
+                            else "C3", ms=6)
+                    real = entry["real"].get(method, {}).get(f"mass_{level}")
+                    if real is not None:
+                        ax.plot(x, real["mean"], marker, mfc="none", color="C0" if level == "68"
+                                else "C3", ms=9)
+                labels.append(f"{name}\n{method}")
+                x += 1
+        for level in (0.68, 0.95):
+            ax.axhline(level, ls="--", color="0.5", lw=0.8)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=6.5)
+        ax.set(ylim=(0, 1.02), ylabel="coverage / exact mass", title=f"d = {d}: filled: SBC "
+               f"coverage (simulated), open: exact mass (real images); blue 68 %, red 95 %")
+        ax.title.set_fontsize(8)
+        fisher = results.get("FisherNet", {}).get(d)
+        if fisher is not None:
+            for method, sim in fisher["simulated"].items():
+                counts = np.asarray(sim["rank_histogram"], dtype=float).sum(0)
+                density = counts / counts.mean()
+                edges = np.linspace(0, 1, len(counts) + 1)
+                hist_ax.stairs(density, edges, label=method)
+            hist_ax.axhline(1, color="0.3", lw=0.8, ls="--")
+            hist_ax.set(xlabel="normalised rank of the true z", ylabel="relative frequency",
+                        title=f"FisherNet d = {d}: SBC ranks")
+            hist_ax.title.set_fontsize(8)
+            hist_ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)

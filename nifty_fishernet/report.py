@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .evaluation import table1_markdown
 
-__all__ = ["summary_markdown", "write_summary", "PAPER_VAE_MSE_EXCESS", "PAPER_VAE_MSE_PLATEAU"]
+__all__ = ["summary_markdown", "write_summary", "calibration_markdown", "PAPER_VAE_MSE_EXCESS", "PAPER_VAE_MSE_PLATEAU"]
 
 #: Paper, Sect. 3.1.2 (Fig. 2, 50 epochs): the VAE's test MSE minus the FisherNet's.
 PAPER_VAE_MSE_EXCESS = {2: 2e-4, 3: 7.5e-4}
@@ -76,9 +76,40 @@ def summary_markdown(report):
         if quality.get("cached"):
             lines += ["", f"{len(quality['cached'])} of the entries were read from the cache "
                           f"(computed by an earlier run with the same models and settings)."]
+    if report.get("calibration"):
+        lines += ["", "## Calibration of the latent posteriors", "",
+                  calibration_markdown(report["calibration"]).rstrip()]
     if report.get("figures"):
         lines += ["", "## Figures", ""]
         lines += [f"![{name}]({name})" for name in report["figures"]]
+    return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(results):
+    """A table of coverage (simulated) and exact mass (real images) per model, method, d.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {d: calibrate(...) result}}``.
+    """
+    lines = ["Coverage of the true latent by the 68 % / 95 % credible regions on data "
+             "simulated from each model itself, and the exact posterior's mass inside them "
+             "on real test images (ideal: 0.68 / 0.95); the mean error in exact posterior "
+             "sigma (median over images).", "",
+             "| model | d | method | coverage 68 / 95 (simulated) | exact mass 68 / 95 (real) "
+             "| mean error [sigma] | s / datum |", "|---|---|---|---|---|---|---|"]
+    for name, by_dim in results.items():
+        for d, entry in sorted(by_dim.items(), key=lambda item: int(item[0])):
+            for method, sim in entry["simulated"].items():
+                real = entry["real"].get(method)
+                mass = ("–" if real is None else
+                        f"{real['mass_68']['mean']:.2f} / {real['mass_95']['mean']:.2f}")
+                error = "–" if real is None else f"{real['mean_error_sigma']['median']:.2f}"
+                seconds = sim.get("seconds_per_datum")
+                lines.append(f"| {name} | {d} | {method} | {sim['coverage']['68']:.2f} / "
+                             f"{sim['coverage']['95']:.2f} | {mass} | {error} | "
+                             + ("–" if seconds is None else f"{seconds:.1e}") + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,14 +16,15 @@ import nifty_fishernet as nf  # noqa: E402
 def test_fashion_mnist_demo_smoke(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["--out", str(out), "--dims", "2", "--epochs", "1", "--n-train", "256",
-            "--fid-images", "200", "--mkde-iterations", "1", "--mkde-samples", "1"]
+            "--fid-images", "200", "--mkde-iterations", "1", "--mkde-samples", "1",
+            "--calibration-sims", "40", "--calibration-images", "6"]
     fashion_mnist.main(args)
     for name in ("results.json", "summary.md", "mse_per_epoch.png", "reconstructions.png",
                  "table1.json", "table1.md", "latent_density.png", "fig1_fishernet_loss.png",
                  "fig2_mse_vs_d.png", "fig4_latent_means_d2.png", "fig5_ellipses_one_image.png",
                  "fig5_reconstructions_along_axes.png", "fig6_shoe_ellipses.png",
                  "fig7_normal_samples_d2.png", "fig8_normal_samples_d2.png",
-                 "fig10_fishernet_samples_d2.png"):
+                 "fig10_fishernet_samples_d2.png", "calibration.png", "calibration.json"):
         assert (out / name).stat().st_size > 500, name
     report = json.loads((out / "results.json").read_text())
     assert set(report["results"]) == {"FisherNet", "VAE", "CalibratedVAE", "ConvVAE"}
@@ -33,7 +34,15 @@ def test_fashion_mnist_demo_smoke(tmp_path, monkeypatch):
     for entry in report["table1"]["results"].values():
         assert all(math.isfinite(entry["2"][key]) for key in ("rec", "sample", "mkde", "gmm"))
     summary = (out / "summary.md").read_text()
-    assert report["command"].endswith("--mkde-samples 1") and report["command"] in summary
+    assert report["command"].endswith("--calibration-images 6") and report["command"] in summary
+    assert "## Calibration of the latent posteriors" in summary
+    assert "![calibration.png](calibration.png)" in summary
+    for name, entry in report["calibration"].items():
+        methods = entry["2"]["simulated"]
+        assert set(methods) == {"amortized", "refined (Laplace)", "refined (importance)"}
+        for method in methods.values():
+            assert all(0 <= value <= 1 for value in method["coverage"].values())
+        assert entry["2"]["real"]["exact"]["method"] == "grid"
     fisher_mse = report["results"]["FisherNet"]["2"]["test_mse"]
     assert f"| FisherNet | {fisher_mse:.5f} |" in summary
     assert "(+2.0e-04)" in summary and "## Table 1: FIDs" in summary
@@ -45,7 +54,9 @@ def test_fashion_mnist_demo_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(nf.evaluation, "feature_statistics", _forbidden)
     monkeypatch.setattr(nf.density.MaternKDE, "_fit", _forbidden)
     monkeypatch.setattr(nf.density.GaussianMixtureDensity, "_fit", _forbidden)
+    monkeypatch.setattr(fashion_mnist, "calibrate", _forbidden)
     again = fashion_mnist.main(args)
+    assert again["calibration"] == report["calibration"]
     assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
     assert len(again["table1"]["cached"]) == 4
     assert nf.evaluation.jsonable(again["table1"]["results"]) == report["table1"]["results"]
@@ -54,7 +65,7 @@ def test_fashion_mnist_demo_smoke(tmp_path, monkeypatch):
 
     # --force retrains (new checkpoint files) and recomputes
     forced = fashion_mnist.main(args[:8] + ["--models", "FisherNet", "--no-sample-quality",
-                                            "--force"])
+                                            "--no-calibration", "--force"])
     fisher = [p for p in mtimes if p.name.startswith("FisherNet")]
     assert all(p.stat().st_mtime_ns != mtimes[p] for p in fisher)
     assert forced["results"]["FisherNet"]["2"]["test_mse"] == fisher_mse  # same seed
@@ -74,7 +85,7 @@ def test_interrupted_fashion_mnist_run_resumes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["--out", str(out), "--dims", "2", "--epochs", "2", "--n-train", "256",
             "--models", "FisherNet", "VAE", "--fid-images", "100", "--mkde-iterations", "1",
-            "--mkde-samples", "1"]
+            "--mkde-samples", "1", "--no-calibration"]
     saved, real_save = [], nf.training.save
 
     def save_then_maybe_die(path, model, **kwargs):

@@ -28,6 +28,59 @@ def test_fishernet_loss_equals_hand_computation_of_eq25():
     assert loss.item() == pytest.approx(total.item() / 4, rel=1e-12)
 
 
+def _variant(**options):
+    """The conftest FisherNet with loss options (same weights for every variant)."""
+    base = random_fishernet(latent_dim=2, data_dim=6, hidden=5, layers=1, xi=-1.0)
+    model = nf.FisherNet(2, data_dim=6, hidden=5, layers=1, **options).double().eval()
+    model.load_state_dict(base.state_dict())
+    return model
+
+
+def test_fishernet_loss_variants_equal_hand_computation():
+    """S = 3 samples average the per-sample terms; log_det adds 1/2 ln|M(mu)| (Eq. 24);
+    map_weight adds the encoder's M-distance to the MAP of the datum's own posterior."""
+    x = torch.rand(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    plain = _variant()
+    eps, eta = plain.draw_noise(3, 4, generator=torch.Generator().manual_seed(1))
+    per_sample = [plain.loss(x, n_data=50, noise=(eps[s:s + 1], eta[s:s + 1])).item()
+                  for s in range(3)]
+    three = _variant(n_samples=3)
+    assert three.loss(x, n_data=50, noise=(eps, eta)).item() == pytest.approx(
+        np.mean(per_sample), rel=1e-12)
+
+    noise = (eps[:1], eta[:1])
+    with torch.no_grad():
+        mu = plain.encoder(x)
+    jac = [torch.autograd.functional.jacobian(lambda z: plain.decoder(z[None])[0], m)
+           for m in mu]
+    metrics = [np.exp(1.0) * j.T @ j + torch.eye(2, dtype=torch.float64) for j in jac]
+    log_det = np.mean([0.5 * torch.logdet(m).item() for m in metrics])
+    with_det = _variant(log_det=True)
+    assert with_det.loss(x, n_data=50, noise=noise).item() == pytest.approx(
+        per_sample[0] + log_det, rel=1e-12)
+    assert with_det.config["log_det"] is True and "log_det" not in plain.config
+
+    pulled = _variant(map_weight=2.0, map_steps=4)
+    found = nf.fisher.newton_map(plain.decoder, x, mu, plain.noise.precision.detach(),
+                                 max_steps=4, tolerance=0.0)
+    gap = mu - found.z
+    term = np.mean([(g @ m @ g).item() for g, m in zip(gap, found.metric)])
+    assert pulled.loss(x, n_data=50, noise=noise).item() == pytest.approx(
+        per_sample[0] + term, rel=1e-10)
+    # the pull moves the encoder only: the decoder's gradients are the paper loss's
+    for model in (plain, pulled):
+        model.zero_grad()
+        model.loss(x, n_data=50, noise=noise).backward()
+    for a, b in zip(plain.decoder.parameters(), pulled.decoder.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert any(not torch.allclose(a.grad, b.grad)
+               for a, b in zip(plain.encoder.parameters(), pulled.encoder.parameters()))
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        nf.FisherNet(2, n_samples=0)
+    with pytest.raises(ValueError, match="map_weight must be >= 0"):
+        nf.FisherNet(2, map_weight=-1)
+
+
 def test_fishernet_gradients_exist_for_both_settings_and_differ():
     model = random_fishernet(latent_dim=2, data_dim=6, hidden=5, layers=1, xi=-1.0)
     x = torch.rand(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -58,7 +58,7 @@ def _batched(model, x, batch_size, function):
 
 
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
-              n_nifty=64, seed=0, rank_draws=99, bins=10, batch_size=256, exact_options=None,
+              n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256, exact_options=None,
               nifty_options=None, progress=True):
     """Measure how honest each posterior approximation of ``model`` is.
 
@@ -75,6 +75,9 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         calibration only; their cost is that of :func:`nifty_fishernet.latent_posterior`).
     n_simulated, n_real : int
         Simulated data for SBC, real images for the exact comparison (0 skips it).
+    n_reference : int
+        For ``d > 3``, the exact (importance-sampled) posterior's own SBC on this many of
+        the simulated data: it shows whether the reference finds the posterior.
     seed : int
         Seeds the simulation, the rank draws and the importance samplers.
     rank_draws : int
@@ -141,14 +144,15 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     options.setdefault("seed", int(seed))
     if model.latent_dim > 3:
         # the exact reference itself: does importance sampling find the posterior?
-        reference = exact_posterior(model, x, **options)
+        subset = slice(0, min(int(n_reference), x.shape[0]))
+        reference = exact_posterior(model, x[subset], **options)
+        weights = reference.log_weights.exp()
         out["simulated"]["exact reference"] = {
-            "coverage": _coverage(sample_coverage(reference.points, truth,
-                                                  weights=reference.log_weights.exp())),
-            "rank_histogram": rank_histogram(sbc_ranks(reference.points, truth,
-                                                       reference.log_weights.exp()),
-                                             bins).tolist(),
-            "ess": _quantiles(reference.ess.numpy())}
+            "coverage": _coverage(sample_coverage(reference.points, truth[subset],
+                                                  weights=weights)),
+            "rank_histogram": rank_histogram(sbc_ranks(reference.points, truth[subset],
+                                                       weights), bins).tolist(),
+            "ess": _quantiles(reference.ess.numpy()), "n": int(subset.stop)}
         bar.update()
     if n_real:
         real = torch.as_tensor(np.asarray(real_images[:n_real]), dtype=model.dtype,
@@ -157,8 +161,10 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         exact = exact_posterior(model, real, refined=refined, **options)
         out["real"]["exact"] = {"method": exact.method}
         if exact.edge_mass is not None:
-            out["real"]["exact"].update(edge_mass_max=float(exact.edge_mass.max()),
-                                        spacing_sigma=exact.spacing)
+            out["real"]["exact"].update(
+                edge_mass_max=float(exact.edge_mass.max()),
+                images_with_edge_mass_over_1_percent=int((exact.edge_mass > 0.01).sum()),
+                spacing_sigma=exact.spacing)
         if exact.ess is not None:
             out["real"]["exact"]["ess"] = _quantiles(exact.ess.numpy())
         for name, method_options in methods.items():
