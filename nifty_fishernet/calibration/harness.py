@@ -77,7 +77,8 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         Simulated data for SBC, real images for the exact comparison (0 skips it).
     n_reference : int
         For ``d > 3``, the exact (importance-sampled) posterior's own SBC on this many of
-        the simulated data: it shows whether the reference finds the posterior.
+        the simulated data (0: skipped): it shows whether the reference finds the
+        posterior.
     seed : int
         Seeds the simulation, the rank draws and the importance samplers.
     rank_draws : int
@@ -110,7 +111,8 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
            "n_simulated": int(n_simulated), "n_real": int(n_real), "simulated": {}, "real": {}}
     truth, x = simulate(model, n_simulated, seed)
     jobs = list(methods) + list(nifty) + (["exact"] if n_real else [])
-    bar = tqdm(total=len(jobs) + (1 if model.latent_dim > 3 else 0),
+    with_reference = model.latent_dim > 3 and int(n_reference) > 0
+    bar = tqdm(total=len(jobs) + int(with_reference),
                desc=f"calibration {type(model).__name__} d={model.latent_dim}",
                disable=not progress, leave=False)
     for name, options in methods.items():
@@ -142,7 +144,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         bar.update()
     options = dict(exact_options or {})
     options.setdefault("seed", int(seed))
-    if model.latent_dim > 3:
+    if with_reference:
         # the exact reference itself: does importance sampling find the posterior?
         subset = slice(0, min(int(n_reference), x.shape[0]))
         reference = exact_posterior(model, x[subset], **options)

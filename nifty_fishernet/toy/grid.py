@@ -17,10 +17,11 @@ from scipy import ndimage
 from ..fisher import decoder_jacobian, metric_from_jacobian
 
 __all__ = ["LatentGrid", "exact_log_posterior", "gaussian_log_density", "geovi_log_density",
-           "compare_on_grid", "GRID_METRICS"]
+           "compare_on_grid", "in_hpd_region", "GRID_METRICS"]
 
 #: Keys of the per-datum metrics returned by :func:`compare_on_grid`.
-GRID_METRICS = ("kl_pq", "kl_qp", "mean_error_sigma", "std_ratio", "covered_68", "covered_95")
+GRID_METRICS = ("kl_pq", "kl_qp", "mean_error_sigma", "std_ratio", "covered_68", "covered_95",
+                "mass_68", "mass_95")
 
 
 class LatentGrid:
@@ -191,6 +192,17 @@ def _hpd_level(log_density, mass):
     return order.gather(-1, index.clamp_max(order.shape[1] - 1))[:, 0]
 
 
+def in_hpd_region(grid, log_density, points, mass=0.95, chunk=16):
+    """``(B,)`` bool: whether each datum's point ``(B, 2)`` lies in the highest-density
+    region of ``log_density`` (see module docstring) holding ``mass``, found on ``grid``."""
+    inside = []
+    for start in range(0, points.shape[0], chunk):
+        rows = slice(start, min(start + chunk, points.shape[0]))
+        level = _hpd_level(log_density(grid.points, rows), mass)
+        inside.append(log_density(points[rows, None, :], rows)[:, 0] >= level)
+    return torch.cat(inside)
+
+
 def compare_on_grid(grid, log_p, log_q, truth, chunk=16, defensive=1e-3):
     """Per-datum metrics of an approximation ``q`` against the exact posterior ``p``.
 
@@ -199,8 +211,9 @@ def compare_on_grid(grid, log_p, log_q, truth, chunk=16, defensive=1e-3):
     grid : LatentGrid
     log_p, log_q : callable
         Log densities (see module docstring) of the exact posterior and the approximation.
-    truth : torch.Tensor
-        ``(B, 2)`` latents that generated the data (for the coverage of q's credible regions).
+    truth : torch.Tensor or None
+        ``(B, 2)`` latents that generated the data (for the coverage of q's credible
+        regions); None where they are unknown in these coordinates (coverage is NaN then).
     chunk : int
         Data per batch of grid evaluations (memory).
     defensive : float
@@ -216,11 +229,13 @@ def compare_on_grid(grid, log_p, log_q, truth, chunk=16, defensive=1e-3):
         ``kl_pq`` = KL(p||q) and ``kl_qp`` = KL(q||p) in nats; ``mean_error_sigma``: the
         Mahalanobis distance of q's mean from p's under p's covariance; ``std_ratio``: q's
         over p's standard deviations along both axes, ``(B, 2)``; ``covered_68``,
-        ``covered_95``: whether the truth lies in q's highest-density region of that mass.
+        ``covered_95``: whether the truth lies in q's highest-density region of that mass;
+        ``mass_68``, ``mass_95``: the exact posterior mass inside those regions of q.
     """
     out = {key: [] for key in GRID_METRICS}
-    for start in range(0, truth.shape[0], chunk):
-        stop = min(start + chunk, truth.shape[0])
+    n_data = len(log_p(grid.points[:1]))
+    for start in range(0, n_data, chunk):
+        stop = min(start + chunk, n_data)
         rows = slice(start, stop)
         # Normalised on the grid (the cell area cancels in every ratio below).
         lp = log_p(grid.points, rows)
@@ -241,7 +256,11 @@ def compare_on_grid(grid, log_p, log_q, truth, chunk=16, defensive=1e-3):
             (diff * torch.linalg.solve(cov_p, diff[..., None])[..., 0]).sum(-1).sqrt())
         out["std_ratio"].append((torch.diagonal(cov_q, dim1=-2, dim2=-1)
                                  / torch.diagonal(cov_p, dim1=-2, dim2=-1)).sqrt())
-        at_truth = log_q(truth[rows, None, :], rows)[:, 0]
-        for mass, key in ((0.68, "covered_68"), (0.95, "covered_95")):
-            out[key].append(at_truth >= _hpd_level(lq_raw, mass))
+        at_truth = None if truth is None else log_q(truth[rows, None, :], rows)[:, 0]
+        for mass, key in ((0.68, "68"), (0.95, "95")):
+            level = _hpd_level(lq_raw, mass)
+            out[f"covered_{key}"].append(
+                torch.full((stop - start,), math.nan, dtype=torch.float64) if truth is None
+                else (at_truth >= level).double())
+            out[f"mass_{key}"].append(torch.where(lq_raw >= level[:, None], p, 0.0).sum(-1))
     return {key: torch.cat(val).numpy() for key, val in out.items()}
