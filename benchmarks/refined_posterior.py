@@ -5,7 +5,9 @@ mean to the MAP, then the Laplace covariance, or importance-sampled moments with
 ``correction="importance"``) is meant as the package's cheap honest posterior. Target: at
 most 1/100 of MGVI's time per image at B = 128 (MGVI: ``nf.latent_posterior``, blockwise, 5
 sample pairs, 3 KL iterations, float32, one torch thread), measured in the same run. Prints
-seconds per image and the ratio MGVI / method.
+seconds per image and the ratio MGVI / method, and beside them each method's coverage of
+the true latent by its 68 % / 95 % regions on ``--sims`` data simulated from the model
+itself (``nifty_fishernet.calibration``), so cost and honesty are read together.
 
 The model is the main job's d = 5 FisherNet (``--checkpoint``; default: the newest
 ``output/fashion_mnist/models/FisherNet_d5_*.h5``), else one trained here as the main job's
@@ -25,38 +27,35 @@ import time
 
 import torch
 
+import latent_inference  # the sibling benchmark's model recipe
 import nifty_fishernet as nf
+from nifty_fishernet import calibration as cal
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--checkpoint", default=None, help="trained FisherNet (HDF5)")
-    parser.add_argument("--draws", type=int, nargs="+", default=[256, 1024],
+    parser.add_argument("--draws", type=int, nargs="+", default=[128, 256, 512, 1024],
                         help="importance draws per image (per round)")
+    parser.add_argument("--sims", type=int, default=300,
+                        help="simulated data for the coverage columns")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
-    parser.add_argument("--mgvi-images", type=int, default=128,
-                        help="images timed for MGVI (one batch of --batch)")
     return parser.parse_args(argv)
 
 
 def trained_model(checkpoint):
+    """The given checkpoint, else the main job's newest d = 5 FisherNet, else the latent
+    inference benchmark's quick recipe (trained here)."""
     if checkpoint is None:
         found = sorted(glob.glob("output/fashion_mnist/models/FisherNet_d5_*.h5"),
                        key=os.path.getmtime)
         checkpoint = found[-1] if found else None
+        if checkpoint is None:
+            print("# no trained d=5 FisherNet in output/fashion_mnist: training one here")
     if checkpoint is not None:
         print(f"# model: {checkpoint}")
-        return nf.load(checkpoint).eval()
-    train, _ = nf.load_fashion_mnist("train")
-    test, _ = nf.load_fashion_mnist("test")
-    torch.manual_seed(0)
-    model = nf.FisherNet(5)
-    nf.train(model, train[:12000], test[:1000], epochs=5, lr=1e-3, device="cpu", seed=0,
-             noise_lr=1e-2, progress=False)
-    print(f"# no trained d=5 FisherNet found: trained one here (noise std "
-          f"{model.noise_std:.4f})")
-    return model.eval()
+    return latent_inference.trained_model(checkpoint)
 
 
 def best_time(function, repeats):
@@ -80,18 +79,22 @@ def main(argv=None):
                                                  method="mgvi", n_samples=5,
                                                  total_iterations=3, dtype=torch.float32),
                      1) / args.batch
-    rows = {"MGVI (NIFTy, blockwise)": mgvi}
+    rows = {"MGVI (NIFTy, blockwise)": (mgvi, None)}
+    methods = {"amortized": dict(refine=False), "refined (Laplace)": dict(refine=True)}
+    for draws in args.draws:
+        methods[f"refined (importance, {draws} draws x 2 rounds)"] = dict(
+            refine=True, correction="importance", n_draws=draws)
+    truth, simulated = cal.simulate(model, args.sims, seed=0)
     with torch.no_grad():
-        rows["amortized"] = best_time(lambda: model.posterior(x), args.repeats) / args.batch
-        rows["refined (Laplace)"] = best_time(lambda: model.posterior(x, refine=True),
-                                              args.repeats) / args.batch
-        for draws in args.draws:
-            rows[f"refined (importance, {draws} draws x 2 rounds)"] = best_time(
-                lambda n=draws: model.posterior(x, refine=True, correction="importance",
-                                                n_draws=n), args.repeats) / args.batch
-    print(f"{'method':>44} {'s/image':>10} {'MGVI / method':>14}")
-    for name, seconds in rows.items():
-        print(f"{name:>44} {seconds:>10.2e} {mgvi / seconds:>14.1f}")
+        for name, options in methods.items():
+            seconds = best_time(lambda o=options: model.posterior(x, **o),
+                                args.repeats) / args.batch
+            covered = cal.gaussian_coverage(*model.posterior(simulated, **options), truth)
+            rows[name] = (seconds, covered.mean(0))
+    print(f"{'method':>44} {'s/image':>10} {'MGVI / method':>14} {'coverage 68/95 %':>17}")
+    for name, (seconds, coverage) in rows.items():
+        cover = "–" if coverage is None else f"{coverage[0]:.2f} / {coverage[1]:.2f}"
+        print(f"{name:>44} {seconds:>10.2e} {mgvi / seconds:>14.1f} {cover:>17}")
     return rows
 
 

@@ -6,14 +6,15 @@ Trains, in the main job's quick setting (5 epochs on 12,000 Fashion-MNIST images
 - ``paper``: the loss of Eq. 25 (one sample, no log-determinant);
 - ``S=4``: four samples per datum in the loss;
 - ``log det``: the term ``1/2 ln |M(mu)|`` of Eq. 24 kept;
-- ``MAP pull``: an encoder term pulling the mean towards the MAP of each datum's own
-  posterior (``map_weight=1``, 3 Newton steps per batch),
+- ``MAP pull``, ``MAP pull 0.01``: an encoder term pulling the mean towards the MAP of
+  each datum's own posterior (``map_weight=1`` or ``0.01``, 3 Newton steps per batch),
 
 and reports side by side: test MSE, the FID of the test reconstructions (Fashion-MNIST
 classifier features), and the calibration of the amortized and the refined (Laplace)
 posteriors (``nifty_fishernet.calibration.calibrate``: coverage on data simulated from each
 model, exact-posterior mass on real test images). Writes ``variants.json``, ``variants.md``
-and ``variants.png`` into the output folder::
+and ``variants.png`` into the output folder; variants run separately (``--variants``) are
+merged into the results already there::
 
     python demos/calibration_variants.py [--out output/calibration_variants] [--dims 2 5]
 """
@@ -35,7 +36,8 @@ import nifty_fishernet as nf
 from nifty_fishernet.calibration import calibrate
 
 VARIANTS = {"paper": {}, "S=4": dict(n_samples=4), "log det": dict(log_det=True),
-            "MAP pull": dict(map_weight=1.0, map_steps=3)}
+            "MAP pull": dict(map_weight=1.0, map_steps=3),
+            "MAP pull 0.01": dict(map_weight=0.01, map_steps=3)}
 METHODS = {"amortized": dict(refine=False), "refined (Laplace)": dict(refine=True)}
 SETTING = dict(epochs=5, n_train=12000, lr=1e-3, noise_lr=1e-2, batch_size=64)
 
@@ -85,9 +87,14 @@ def main(argv=None):
     test_x, _ = nf.load_fashion_mnist("test")
     train_x = train_x[np.random.default_rng(args.seed).permutation(len(train_x))[:args.n_train]]
     setting = dict(SETTING, epochs=args.epochs, n_train=args.n_train)
-    results, started = {}, time.perf_counter()
+    started = time.perf_counter()
+    record = args.out / "variants.json"
+    # earlier parts of the same experiment (other variants or dimensions) are kept
+    results = ({name: {int(d): entry for d, entry in by_dim.items()}
+                for name, by_dim in json.loads(record.read_text())["results"].items()}
+               if record.is_file() else {})
     for name in args.variants:
-        results[name] = {}
+        results.setdefault(name, {})
         for d in args.dims:
             options = VARIANTS[name]
             key = hashlib.sha256(json.dumps(dict(d=d, seed=args.seed, options=options, **setting),

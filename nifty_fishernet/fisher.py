@@ -332,10 +332,9 @@ def newton_map(decoder, x, z0, noise_precision, *, max_steps=50, tolerance=None,
             direction = -torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
             slope = (grad * direction).sum(-1)  # = -decrement
             decrement = -slope
-            active = (decrement > tolerance) & ~stalled
-            if not bool(active.any()) or bool((steps >= max_steps).all()):
+            active = (decrement > tolerance) & ~stalled & (steps < max_steps)
+            if not bool(active.any()):
                 break
-            active &= steps < max_steps
             alpha = torch.where(active, torch.ones_like(energy), torch.zeros_like(energy))
             pending = active.clone()
             for _ in range(max_halvings + 1):
