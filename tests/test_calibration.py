@@ -254,14 +254,16 @@ def test_harness_runs_every_part_on_a_small_model():
 
 def test_newton_stops_cleanly_when_the_last_active_datum_reaches_the_step_limit():
     """One datum starts at its MAP (converged at once), the other needs many steps: with a
-    limit of one step the second stops there (this once indexed an empty batch)."""
+    limit of one step the second stops there, and each datum's steps are counted apart."""
     model = SmoothModel()
     _, x = cal.simulate(model, 2, seed=5)
     precision = model.noise.precision.detach()
+
+    decoder = model.decoder
     with torch.no_grad():
-        maps = nf.fisher.newton_map(model.decoder, x, torch.zeros(2, 3, dtype=torch.float64),
+        maps = nf.fisher.newton_map(decoder, x, torch.zeros(2, 3, dtype=torch.float64),
                                     precision, max_steps=300).z
         start = torch.stack([maps[0], torch.full((3,), 2.0, dtype=torch.float64)])
-        result = nf.fisher.newton_map(model.decoder, x, start, precision, max_steps=1)
+        result = nf.fisher.newton_map(decoder, x, start, precision, max_steps=1)
     assert result.steps.tolist() == [0, 1]
     assert result.converged.tolist() == [True, False]
