@@ -17,7 +17,8 @@ def test_fashion_mnist_demo_smoke(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["--out", str(out), "--dims", "2", "--epochs", "1", "--n-train", "256",
             "--fid-images", "200", "--mkde-iterations", "1", "--mkde-samples", "1",
-            "--calibration-sims", "40", "--calibration-images", "6"]
+            "--calibration-sims", "40", "--calibration-images", "6", "--calibration-models",
+            "FisherNet", "VAE", "CalibratedVAE", "ConvVAE"]
     fashion_mnist.main(args)
     for name in ("results.json", "summary.md", "mse_per_epoch.png", "reconstructions.png",
                  "table1.json", "table1.md", "latent_density.png", "fig1_fishernet_loss.png",
@@ -34,7 +35,8 @@ def test_fashion_mnist_demo_smoke(tmp_path, monkeypatch):
     for entry in report["table1"]["results"].values():
         assert all(math.isfinite(entry["2"][key]) for key in ("rec", "sample", "mkde", "gmm"))
     summary = (out / "summary.md").read_text()
-    assert report["command"].endswith("--calibration-images 6") and report["command"] in summary
+    assert report["command"].endswith("ConvVAE") and report["command"] in summary
+    assert set(report["calibration"]) == {"FisherNet", "VAE", "CalibratedVAE", "ConvVAE"}
     assert "## Calibration of the latent posteriors" in summary
     assert "![calibration.png](calibration.png)" in summary
     for name, entry in report["calibration"].items():
