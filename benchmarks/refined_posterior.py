@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--checkpoint", default=None, help="trained FisherNet (HDF5)")
-    parser.add_argument("--draws", type=int, nargs="+", default=[128, 256, 512, 1024],
+    parser.add_argument("--draws", type=int, nargs="+", default=[128, 512],
                         help="importance draws per image (per round)")
     parser.add_argument("--sims", type=int, default=300,
                         help="simulated data for the coverage columns")
@@ -80,9 +80,14 @@ def main(argv=None):
                                                  total_iterations=3, dtype=torch.float32),
                      1) / args.batch
     rows = {"MGVI (NIFTy, blockwise)": (mgvi, None)}
-    methods = {"amortized": dict(refine=False), "refined (Laplace)": dict(refine=True)}
+    methods = {"amortized": dict(refine=False),
+               "refined (Laplace, <= 50 Newton steps)": dict(refine=True, max_steps=50),
+               "refined (Laplace; default <= 10 steps)": dict(refine=True),
+               "refined (importance; default)": dict(refine=True, correction="importance"),
+               "refined (importance, no further starts)": dict(
+                   refine=True, correction="importance", starts=0)}
     for draws in args.draws:
-        methods[f"refined (importance, {draws} draws x 2 rounds)"] = dict(
+        methods[f"refined (importance, {draws} draws x 4 rounds)"] = dict(
             refine=True, correction="importance", n_draws=draws)
     truth, simulated = cal.simulate(model, args.sims, seed=0)
     with torch.no_grad():

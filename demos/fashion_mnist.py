@@ -104,7 +104,7 @@ def config_key(name, d, setting, seed):
 
 TRAINING_KEYS = ("epochs", "n_train", "lr", "noise_lr", "batch_size")
 #: Part of every calibration cache key: raise it when a change alters the numbers.
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 
 def parse_args(argv=None):

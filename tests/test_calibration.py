@@ -267,3 +267,36 @@ def test_newton_stops_cleanly_when_the_last_active_datum_reaches_the_step_limit(
         result = nf.fisher.newton_map(decoder, x, start, precision, max_steps=1)
     assert result.steps.tolist() == [0, 1]
     assert result.converged.tolist() == [True, False]
+
+
+class Square(nn.Module):
+    """``f(z) = a z^2 + b``: the sign of z is invisible, so each posterior has two modes."""
+
+    def __init__(self, data_dim=4):
+        super().__init__()
+        self.register_buffer("a", torch.linspace(0.5, 1.0, data_dim, dtype=torch.float64))
+        self.register_buffer("b", torch.linspace(-0.2, 0.2, data_dim, dtype=torch.float64))
+
+    def forward(self, z):
+        return (z ** 2) * self.a + self.b
+
+
+def test_importance_correction_finds_a_second_mode_from_further_starts():
+    """x from z = 1.5 under f(z) = a z^2 + b: modes at +-1.5 of equal height. The encoder
+    points at +1.4. With further starts the importance-sampled posterior holds both modes
+    (by symmetry mean 0 and variance the second moment of one mode, ~2.25); without them it
+    holds one."""
+    model = LinearGaussianModel(latent_dim=1, data_dim=4, noise_std=0.1)
+    model.decoder = Square()
+    with torch.no_grad():
+        model.encoder.weight.zero_()
+        model.encoder.bias.fill_(1.4)
+        x = model.decoder(torch.tensor([[1.5]], dtype=torch.float64))
+        x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0),
+                                  dtype=torch.float64)
+    one = model.refined_posterior(x, correction="importance", starts=0)
+    both = model.refined_posterior(x, correction="importance", starts=4)
+    assert float(one.mean[0, 0]) > 1.0  # one mode only
+    assert abs(float(both.mean[0, 0])) < 0.15
+    second_moment = float(one.mean[0, 0] ** 2 + one.covariance[0, 0, 0])
+    assert abs(float(both.covariance[0, 0, 0]) / second_moment - 1) < 0.1

@@ -98,7 +98,7 @@ def _energy(model, x, points, chunk):
 
 
 def exact_posterior(model, x, method="auto", grid_points=None, min_extent=6.0, max_extent=12.0,
-                    n_draws=4096, dof=3, scale=1.5, adapt_rounds=2, seed=0, chunk=None,
+                    n_draws=2048, dof=3, scale=1.5, adapt_rounds=2, seed=0, chunk=None,
                     refined=None):
     """The exact posterior of each datum ``x`` under ``model``'s decoder and noise level.
 
@@ -175,8 +175,9 @@ def _exact_posterior(model, x, method, grid_points, min_extent, max_extent, n_dr
         return ExactPosterior(points, log_weights, energy, log_evidence, mean, cov, "grid", edge_mass,
                               float(2 * extent.max() / (n - 1)), None, centre, laplace, initial)
     generator = torch.Generator().manual_seed(int(seed))
-    sample = importance_sample(lambda points: _energy(model, xd, points, chunk or 256), centre,
-                               chol * scale, int(n_draws), int(dof), generator, adapt_rounds)
+    sample = importance_sample(lambda points: _energy(model, xd, points, chunk or 256),
+                               [(centre, chol * scale)], int(n_draws), int(dof), generator,
+                               adapt_rounds)
     mean, cov = weighted_moments(sample.draws, sample.log_weights)
     return ExactPosterior(sample.draws, sample.log_weights, sample.energy, sample.log_evidence,
                           mean, cov, "importance", None, None, sample.ess, centre, laplace,
