@@ -17,7 +17,8 @@ Writes into the output folder:
   ``fig6_shoe_ellipses.png``, ``fig7/fig8_normal_samples_d<d>.png`` (d = 2 and 15, or the
   largest d run), ``fig10_fishernet_samples_d5.png`` (N(0,1) against the density estimators);
 - ``calibration.json``, ``calibration.png``: every model's latent posteriors (amortized,
-  refined by Laplace and by importance sampling) against the truth: coverage of the true
+  refined by Laplace and by importance sampling; the FisherNet's also by NIFTy's MGVI and
+  geoVI, ``--no-calibration-nifty`` to skip them) against the truth: coverage of the true
   latent on data simulated from the model itself, and the exact posterior's mass inside
   their credible regions on real test images (``nifty_fishernet.calibration``; quick: all
   models but the ConvVAE, ``--calibration-models`` to choose);
@@ -85,14 +86,16 @@ SETTINGS = {
     "quick": dict(dims=[2, 5], epochs=5, n_train=12000, lr=1e-3, noise_lr=1e-2, batch_size=64,
                   features="fmnist", fid_images=2000,
                   mkde=dict(cells_per_axis={2: 32, 5: 5}, n_samples=3, iterations=3),
-                  calibration=dict(n_simulated=300, n_real=64, n_reference=100),
+                  calibration=dict(n_simulated=300, n_real=64, n_reference=100, n_nifty=64),
                   # the ConvVAE's exact posteriors (10^6 decoder calls) take too long here
-                  calibration_models=["FisherNet", "VAE", "CalibratedVAE"]),
+                  calibration_models=["FisherNet", "VAE", "CalibratedVAE"],
+                  calibration_nifty={"FisherNet": ["mgvi", "geovi"]}),
     "paper": dict(dims=[2, 3, 5, 10, 15, 20], epochs=50, n_train=60000, lr=1e-4, noise_lr=None,
                   batch_size=64, features="inception", fid_images=10000,
                   mkde=dict(cells_per_axis=None, n_samples=5, iterations=4),
-                  calibration=dict(n_simulated=1000, n_real=200, n_reference=200),
-                  calibration_models=list(MODELS)),
+                  calibration=dict(n_simulated=1000, n_real=200, n_reference=200, n_nifty=200),
+                  calibration_models=list(MODELS),
+                  calibration_nifty={name: ["mgvi", "geovi"] for name in MODELS}),
 }
 
 
@@ -104,7 +107,7 @@ def config_key(name, d, setting, seed):
 
 TRAINING_KEYS = ("epochs", "n_train", "lr", "noise_lr", "batch_size")
 #: Part of every calibration cache key: raise it when a change alters the numbers.
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 
 
 def parse_args(argv=None):
@@ -136,6 +139,9 @@ def parse_args(argv=None):
                         help="simulated data per model for the coverage (SBC)")
     parser.add_argument("--calibration-images", type=int,
                         help="test images per model compared with the exact posterior")
+    parser.add_argument("--no-calibration-nifty", dest="calibration_nifty",
+                        action="store_false",
+                        help="calibrate without NIFTy's MGVI and geoVI")
     parser.add_argument("--calibration-models", nargs="+", choices=list(MODELS),
                         help="models to calibrate (quick: all but the ConvVAE, whose exact "
                              "posteriors cost ~10^6 convolutional decoder calls)")
@@ -277,12 +283,14 @@ def calibration(trained, test_x, setting, args, out):
         results[name] = {}
         for d, model in sorted(by_dim.items()):
             model = model.cpu().eval()
-            key = fingerprint("calibration", CALIBRATION_VERSION, model, options, args.seed,
-                              test_x[:options["n_real"]])
+            nifty = (setting["calibration_nifty"].get(name, [])
+                     if args.calibration_nifty else [])
+            key = fingerprint("calibration", CALIBRATION_VERSION, model, options, nifty,
+                              args.seed, test_x[:options["n_real"]])
             entry = cache.get(f"calibration_{name}_d{d}", key)
             if entry is None:
                 began = time.perf_counter()
-                entry = calibrate(model, test_x, seed=args.seed, **options)
+                entry = calibrate(model, test_x, seed=args.seed, nifty=nifty, **options)
                 entry["seconds"] = time.perf_counter() - began
                 entry = nf.evaluation.jsonable(entry)
                 cache.put(f"calibration_{name}_d{d}", key, entry)

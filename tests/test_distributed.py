@@ -47,7 +47,7 @@ def test_fashion_mnist_demo_under_torchrun(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(demo), "--out", str(out), "--dims", "2", "--epochs", "1", "--n-train", "256",
          "--models", "FisherNet", "--no-sample-quality", "--calibration-sims", "20",
-         "--calibration-images", "4"],
+         "--calibration-images", "4", "--no-calibration-nifty"],
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test MSE after 1 epochs") == 1  # rank 0 alone reports
