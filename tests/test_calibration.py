@@ -231,6 +231,9 @@ def test_refined_posterior_errors_name_the_problem():
         cal.exact_posterior(random_fishernet(latent_dim=4, data_dim=12), x, method="grid")
     with pytest.raises(ValueError, match="unknown NIFTy methods"):
         cal.calibrate(model, x.numpy(), nifty=("hmc",), n_simulated=5, n_real=0)
+    with pytest.raises(ValueError, match="span only 1 of the 2 latent directions"):
+        cal.calibrate(model, x.numpy(), nifty=("mgvi",), n_simulated=5, n_real=2,
+                      nifty_options=dict(n_samples=1))
 
 
 @pytest.mark.slow
@@ -239,14 +242,14 @@ def test_harness_runs_every_part_on_a_small_model():
     _, images = cal.simulate(model, 8, seed=9)
     result = cal.calibrate(model, images.numpy(), nifty=("mgvi",), n_simulated=40, n_real=8,
                            n_nifty=8, exact_options=dict(n_draws=512), progress=False,
-                           nifty_options=dict(n_samples=3, total_iterations=2))
+                           nifty_options=dict(n_samples=4, total_iterations=2))
     assert set(result["simulated"]) == {"amortized", "refined (Laplace)",
                                         "refined (importance)", "mgvi", "exact reference"}
     for entry in result["simulated"].values():
         assert set(entry["coverage"]) == {"68", "95"}
         assert np.asarray(entry["rank_histogram"]).shape == (4, 10)
     assert result["real"]["exact"]["method"] == "importance"
-    for name in ("amortized", "refined (Laplace)", "refined (importance)"):
+    for name in ("amortized", "refined (Laplace)", "refined (importance)", "mgvi"):
         assert set(result["real"][name]) == {"mass_68", "mass_95", "kl_pq", "kl_qp",
                                              "mean_error_sigma"}
     assert 0 <= result["lower_bound"]["fraction_below_1"] <= 1

@@ -90,7 +90,9 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     exact_options : dict, optional
         Keyword arguments of :func:`~nifty_fishernet.calibration.exact_posterior`.
     nifty_options : dict, optional
-        Keyword arguments of :func:`nifty_fishernet.latent_posterior`.
+        Keyword arguments of :func:`nifty_fishernet.latent_posterior` (default 3 KL
+        iterations and ``max(10, d + 2)`` sample pairs, since the mirrored samples of
+        ``n_samples`` pairs span only ``n_samples`` directions).
 
     Returns
     -------
@@ -129,12 +131,21 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
             "rank_histogram": rank_histogram(sbc_ranks(draws, truth), bins).tolist(),
             "seconds_per_datum": seconds}
         bar.update()
+    # mirrored samples span n_samples directions: the real-image comparison needs a
+    # covariance of full rank
+    nifty_settings = dict(n_samples=max(10, model.latent_dim + 2), total_iterations=3,
+                          seed=int(seed))
+    nifty_settings.update(nifty_options or {})
+    if nifty and n_real and nifty_settings["n_samples"] < model.latent_dim:
+        raise ValueError(f"NIFTy's {2 * nifty_settings['n_samples']} mirrored samples span "
+                         f"only {nifty_settings['n_samples']} of the {model.latent_dim} latent "
+                         f"directions: pass nifty_options n_samples >= {model.latent_dim} "
+                         f"(or n_real=0)")
+
     def run_nifty(method, data):
         from ..nifty import latent_posterior
 
-        options = dict(n_samples=10, total_iterations=3, seed=int(seed))
-        options.update(nifty_options or {})
-        return latent_posterior(model, data.double().cpu().numpy(), method, **options)
+        return latent_posterior(model, data.double().cpu().numpy(), method, **nifty_settings)
 
     for method in nifty:
         began = time.perf_counter()
