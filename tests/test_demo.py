@@ -174,3 +174,17 @@ def test_inpainting_demo_smoke(tmp_path):
         row = report["results"][case]
         for method in ("encoder on observation", "mgvi", "geovi"):
             assert 0 < row[method]["mse_hidden"] < 1
+
+
+def test_posterior_shape_demo_smoke(tmp_path):
+    import posterior_shape
+    import nifty_fishernet as nf
+
+    checkpoint = tmp_path / "fishernet.h5"
+    torch_model = nf.FisherNet(5, hidden=32, layers=1)
+    torch_model.save(checkpoint)  # untrained: the plumbing only
+    report = posterior_shape.main(["--checkpoint", str(checkpoint), "--n", "12", "--steps", "5",
+                                   "--out", str(tmp_path / "shape")])
+    assert (tmp_path / "shape" / "posterior_shape.json").stat().st_size > 100
+    assert 0 <= report["lower_mode_from_truth_fraction"] <= 1
+    assert set(report["mahalanobis2_in_laplace"]) == set(report["chi2"])
