@@ -150,7 +150,6 @@ def _exact_posterior(model, x, method, grid_points, min_extent, max_extent, n_dr
     laplace = refined.laplace_covariance.double().cpu()
     initial = refined.initial.double().cpu()
     chol = torch.linalg.cholesky(laplace)
-    batch = centre.shape[0]
     xd = x.double().cpu()
     if method == "grid":
         n = int(grid_points or GRID_POINTS[d])
