@@ -138,6 +138,33 @@ def test_vae_loss_equals_hand_computation():
         assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
+def test_vae_fixed_noise_variance_half_is_the_sum_of_squared_errors(tmp_path):
+    """noise_variance=0.5 (the Keras convention): the likelihood term is the plain sum of
+    squared errors plus a constant; the setting survives a checkpoint."""
+    torch.manual_seed(0)
+    model = nf.VAE(2, data_dim=6, hidden=5, layers=1, noise_variance=0.5).double()
+    x = torch.rand(3, 6, dtype=torch.float64)
+    loss = model.loss(x, n_data=50, generator=torch.Generator().manual_seed(5))
+    mu, logvar = model.encode_distribution(x)
+    eps = torch.randn(1, 3, 2, generator=torch.Generator().manual_seed(5),
+                      dtype=torch.float64)[0]
+    z = mu + torch.exp(0.5 * logvar) * eps
+    sse = ((x - model.decoder(z)) ** 2).sum(1)
+    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
+    expected = (sse + 3 * np.log(0.5) + kl).mean()
+    # xi_N = log 0.5 is stored as a float32 buffer (like every parameter before .double())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-7)
+    assert model.noise_std == pytest.approx(0.5 ** 0.5)
+    assert model.config["noise_variance"] == 0.5 and "noise_variance" not in nf.VAE(2).config
+    model.save(tmp_path / "vae.h5")
+    assert nf.load(tmp_path / "vae.h5").noise_std == pytest.approx(0.5 ** 0.5)
+    assert nf.ConvVAE(2, noise_variance=0.5).noise_std == pytest.approx(0.5 ** 0.5)
+    with pytest.raises(ValueError, match="positive number"):
+        nf.VAE(2, noise_variance=0.0)
+    with pytest.raises(ValueError, match="exclude each other"):
+        nf.VAE(2, learn_noise=True, noise_variance=0.5)
+
+
 @pytest.mark.parametrize("make", [lambda: nf.FisherNet(3), lambda: nf.VAE(3),
                                   lambda: nf.VAE(3, learn_noise=True),
                                   lambda: nf.ConvVAE(3), lambda: nf.ConvVAE(3, learn_noise=True)])

@@ -16,17 +16,27 @@ class GaussianNoise(nn.Module):
     Parameters
     ----------
     learn : bool
-        If True, ``xi_N`` is a trainable parameter (FisherNet, "calibrated" VAE). If False it
-        is a buffer fixed at 0, i.e. the unit-variance Gaussian likelihood of the plain VAE.
+        If True, ``xi_N`` is a trainable parameter (FisherNet, "calibrated" VAE), starting at
+        0. If False it is a buffer fixed at ``log(variance)``: the plain VAE's Gaussian
+        likelihood of fixed variance.
+    variance : float
+        The fixed variance (``learn=False`` only): 1 is the paper's VAE; 0.5 makes the
+        negative log-likelihood the plain sum of squared errors, the common Keras convention.
     """
 
-    def __init__(self, learn=True):
+    def __init__(self, learn=True, variance=1.0):
         super().__init__()
+        variance = float(variance)
+        if not (math.isfinite(variance) and variance > 0):
+            raise ValueError(f"the noise variance must be a positive number, got {variance!r}")
+        if learn and variance != 1.0:
+            raise ValueError("a fixed noise variance and a learned noise level exclude each "
+                             "other: pass learn=False with variance, or learn=True alone")
         self.learn = learn
         if learn:
             self.xi = nn.Parameter(torch.zeros(()))
         else:
-            self.register_buffer("xi", torch.zeros(()))
+            self.register_buffer("xi", torch.tensor(math.log(variance)))
 
     @property
     def precision(self):

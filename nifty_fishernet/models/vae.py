@@ -21,9 +21,11 @@ class _GaussianEncoderVAE(LatentModel):
     "calibrated decoder" ablation).
     """
 
-    def _init_noise(self, learn_noise):
+    def _init_noise(self, learn_noise, noise_variance=1.0):
         self.learn_noise = bool(learn_noise)
-        self.noise = GaussianNoise(learn=self.learn_noise)
+        self.noise = GaussianNoise(learn=self.learn_noise, variance=noise_variance)
+        if float(noise_variance) != 1.0:  # the paper's default keeps configs (and keys) as before
+            self.config["noise_variance"] = float(noise_variance)
 
     def encode_distribution(self, x):
         """Encoder mean and log-variance, each ``(B, d)``."""
@@ -60,7 +62,8 @@ class _GaussianEncoderVAE(LatentModel):
             l_i = 1/2 [exp(-xi_N) |d_i - f(z_i)|^2 + k xi_N] + KL(N(mu_i, sigma_i^2) || N(0, 1))
                   [+ xi_N^2 / (2 p) when the noise is learned]
 
-        With the fixed unit noise (``xi_N = 0``) this is the paper's VAE loss up to constants.
+        With the fixed unit noise (``xi_N = 0``) this is the paper's VAE loss up to constants;
+        ``noise_variance=0.5`` makes the first term the plain sum of squared errors.
         ``n_data`` (``p``) has the same meaning as in :meth:`FisherNet.loss`.
         """
         mu, logvar = self.encode_distribution(x)
@@ -84,10 +87,14 @@ class VAE(_GaussianEncoderVAE):
     hidden, layers : int
         Width and number of hidden dense ReLU layers of encoder and decoder.
     learn_noise : bool
-        Learn the decoder noise level ``xi_N`` (calibrated decoder) instead of fixing it at 1.
+        Learn the decoder noise level ``xi_N`` (calibrated decoder) instead of fixing it.
+    noise_variance : float
+        The fixed decoder variance (1: the paper's VAE; 0.5: the plain sum of squared errors);
+        not with ``learn_noise``.
     """
 
-    def __init__(self, latent_dim, data_dim=784, hidden=448, layers=3, learn_noise=False):
+    def __init__(self, latent_dim, data_dim=784, hidden=448, layers=3, learn_noise=False,
+                 noise_variance=1.0):
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.data_dim = int(data_dim)
@@ -95,7 +102,7 @@ class VAE(_GaussianEncoderVAE):
                            layers=layers, learn_noise=bool(learn_noise))
         self.encoder = MLP(data_dim, 2 * latent_dim, hidden, layers)
         self.decoder = MLP(latent_dim, data_dim, hidden, layers, output_activation="sigmoid")
-        self._init_noise(learn_noise)
+        self._init_noise(learn_noise, noise_variance)
 
 
 class _Unflatten(nn.Module):
@@ -126,6 +133,8 @@ class ConvVAE(_GaussianEncoderVAE):
         ``d``.
     learn_noise : bool
         Learn the decoder noise level (calibrated decoder).
+    noise_variance : float
+        The fixed decoder variance, as for :class:`VAE`.
     hidden : int
         Width of the dense layers between the convolutions and the latent space.
     image_shape : tuple of int
@@ -133,7 +142,7 @@ class ConvVAE(_GaussianEncoderVAE):
     """
 
     def __init__(self, latent_dim, learn_noise=False, hidden=448, filters=(32, 32, 64),
-                 kernel_size=3, strides=(2, 1, 2), image_shape=(1, 28, 28)):
+                 kernel_size=3, strides=(2, 1, 2), image_shape=(1, 28, 28), noise_variance=1.0):
         super().__init__()
         channels, height, width = image_shape
         reduction = 1
@@ -169,4 +178,4 @@ class ConvVAE(_GaussianEncoderVAE):
             c_in = c_out
         dec += [nn.Conv2d(c_in, channels, kernel_size, padding=pad), nn.Flatten(), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)
-        self._init_noise(learn_noise)
+        self._init_noise(learn_noise, noise_variance)
