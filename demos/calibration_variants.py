@@ -22,7 +22,6 @@ merged into the results already there::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import time
@@ -33,6 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 import nifty_fishernet as nf
+from nifty_fishernet.cache import fingerprint
 from nifty_fishernet.calibration import calibrate
 
 VARIANTS = {"paper": {}, "S=4": dict(n_samples=4), "log det": dict(log_det=True),
@@ -97,8 +97,7 @@ def main(argv=None):
         results.setdefault(name, {})
         for d in args.dims:
             options = VARIANTS[name]
-            key = hashlib.sha256(json.dumps(dict(d=d, seed=args.seed, options=options, **setting),
-                                            sort_keys=True).encode()).hexdigest()[:10]
+            key = fingerprint(dict(d=d, seed=args.seed, options=options, **setting))[:10]
             torch.manual_seed(args.seed)
             model = nf.FisherNet(d, **options)
             history = nf.train(model, train_x, test_x, epochs=setting["epochs"],

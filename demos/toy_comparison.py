@@ -127,14 +127,13 @@ def own_decoder_approximations(models, x):
     in its own latent coordinates (no alignment): ``{method: (log_p, log_q, seconds per
     datum)}`` for the amortized and the refined (Laplace) posterior."""
     out = {}
-    labels = {"FisherNet": "FisherNet", "VAE": "VAE"}
     for name, model in models.items():
         log_p = exact_log_posterior(model.decoder, math.exp(model.noise.xi.item()), x)
         for kind, options in (("amortized", {}), ("refined", dict(refine=True))):
             began = time.perf_counter()
             with torch.no_grad():
                 mean, cov = model.posterior(x, **options)
-            out[f"{labels[name]} {kind} (own f)"] = (
+            out[f"{name} {kind} (own f)"] = (
                 log_p, gaussian_log_density(mean, cov), (time.perf_counter() - began) / len(x))
     return out
 

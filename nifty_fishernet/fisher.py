@@ -325,7 +325,9 @@ def newton_map(decoder, x, z0, noise_precision, *, max_steps=50, tolerance=None,
         stalled = torch.zeros(batch, dtype=torch.bool, device=z.device)
         # The energy is a sum of ~k terms: changes below this are rounding, not progress.
         slack = 16 * torch.finfo(x.dtype).eps
-        for _ in range(max_steps + 1):
+        # every pass either advances or stalls each active datum, so this ends within
+        # max_steps + 1 passes, and at its end metric and decrement belong to the final z
+        while True:
             metric = metric_from_jacobian(jt, noise_precision)
             grad = z - noise_precision * (jt @ (x - value).unsqueeze(-1)).squeeze(-1)
             chol = torch.linalg.cholesky(metric)
@@ -354,6 +356,5 @@ def newton_map(decoder, x, z0, noise_precision, *, max_steps=50, tolerance=None,
                     break
                 alpha = torch.where(pending, 0.5 * alpha, alpha)
             stalled |= pending  # no step length lowered the energy: a kink or rounding
-        metric = metric_from_jacobian(jt, noise_precision)
         return NewtonResult(z, value, jt, metric, energy, decrement, steps,
                             decrement <= tolerance)

@@ -119,6 +119,16 @@ def test_differentiated_loss_gradient_matches_finite_differences():
     assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
 
 
+def _vae_draw_by_hand(model, x, seed=5):
+    """The encoder's ``(mu, logvar)`` and the reparametrised draw ``z`` that ``model.loss``
+    makes from ``torch.Generator().manual_seed(seed)``, plus the KL term per datum."""
+    mu, logvar = model.encode_distribution(x)
+    eps = torch.randn(1, *mu.shape, generator=torch.Generator().manual_seed(seed),
+                      dtype=torch.float64)[0]
+    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
+    return mu + torch.exp(0.5 * logvar) * eps, kl
+
+
 def test_vae_loss_equals_hand_computation():
     torch.manual_seed(0)
     for learn in (False, True):
@@ -127,13 +137,9 @@ def test_vae_loss_equals_hand_computation():
             model.noise.xi.fill_(0.4 if learn else 0.0)
         x = torch.rand(3, 6, dtype=torch.float64)
         loss = model.loss(x, n_data=50, generator=torch.Generator().manual_seed(5))
-        mu, logvar = model.encode_distribution(x)
-        eps = torch.randn(1, 3, 2, generator=torch.Generator().manual_seed(5),
-                          dtype=torch.float64)[0]
-        z = mu + torch.exp(0.5 * logvar) * eps
+        z, kl = _vae_draw_by_hand(model, x)
         xi = 0.4 if learn else 0.0
         rec = 0.5 * (np.exp(-xi) * ((x - model.decoder(z)) ** 2).sum(1) + 6 * xi)
-        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
         expected = (rec + kl).mean() + (0.5 * xi ** 2 / 50 if learn else 0.0)
         assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
@@ -145,12 +151,8 @@ def test_vae_fixed_noise_variance_half_is_the_sum_of_squared_errors(tmp_path):
     model = nf.VAE(2, data_dim=6, hidden=5, layers=1, noise_variance=0.5).double()
     x = torch.rand(3, 6, dtype=torch.float64)
     loss = model.loss(x, n_data=50, generator=torch.Generator().manual_seed(5))
-    mu, logvar = model.encode_distribution(x)
-    eps = torch.randn(1, 3, 2, generator=torch.Generator().manual_seed(5),
-                      dtype=torch.float64)[0]
-    z = mu + torch.exp(0.5 * logvar) * eps
+    z, kl = _vae_draw_by_hand(model, x)
     sse = ((x - model.decoder(z)) ** 2).sum(1)
-    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
     expected = (sse + 3 * np.log(0.5) + kl).mean()
     # xi_N = log 0.5 is stored as a float32 buffer (like every parameter before .double())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-7)

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import chi2
 
-from ..fisher import latent_energy
-from ..models.refine import importance_sample, refine_posterior, weighted_moments
+from ..models.refine import energy_at, importance_sample, refine_posterior, weighted_moments
 from .sbc import LEVELS, mahalanobis2
 
 __all__ = ["ExactPosterior", "exact_posterior", "compare_to_exact", "lower_bound_eigenvalues",
@@ -85,16 +84,7 @@ class ExactPosterior:
 
 def _energy(model, x, points, chunk):
     """``E(z)`` ``(P, B)`` of points ``(P, B, d)`` for data ``x`` ``(B, k)``, in float64."""
-    precision = model.noise.precision.double()
-    out = torch.empty(points.shape[:2], dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, points.shape[0], chunk):
-            part = points[start:start + chunk]
-            s, b, d = part.shape
-            value = model.decoder(part.reshape(s * b, d).to(model.dtype)).double()
-            out[start:start + s] = latent_energy(x.double()[None], part, value.reshape(s, b, -1),
-                                                 precision)
-    return out
+    return energy_at(model, x.double(), points, model.noise.precision.detach().double(), chunk)
 
 
 def exact_posterior(model, x, method="auto", grid_points=None, min_extent=6.0, max_extent=12.0,

@@ -52,14 +52,14 @@ def _gaussian_draws(mean, covariance, n, generator):
     return mean.double() + torch.einsum("bij,sbj->sbi", chol, eps)
 
 
-def _batched(model, x, batch_size, function):
+def _batched(x, batch_size, function):
     parts = [function(x[start:start + batch_size]) for start in range(0, x.shape[0], batch_size)]
     return [torch.cat(values) for values in zip(*parts)]
 
 
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
-              n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256, exact_options=None,
-              nifty_options=None, progress=True):
+              n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256,
+              exact_options=None, nifty_options=None, progress=True):
     """Measure how honest each posterior approximation of ``model`` is.
 
     Parameters
@@ -122,7 +122,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     for name, options in methods.items():
         began = time.perf_counter()
         with torch.no_grad():
-            mean, cov = _batched(model, x, batch_size,
+            mean, cov = _batched(x, batch_size,
                                  lambda part, o=options: model.posterior(part, **o))
         seconds = (time.perf_counter() - began) / x.shape[0]
         draws = _gaussian_draws(mean, cov, rank_draws, generator)

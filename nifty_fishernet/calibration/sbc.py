@@ -14,9 +14,13 @@ and its rank below ``a`` defines a region of mass ``a``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.stats import chi2
+
+from ..models.refine import weighted_moments
 
 __all__ = ["LEVELS", "simulate", "gaussian_coverage", "sample_coverage", "sbc_ranks",
            "rank_histogram", "mahalanobis2"]
@@ -86,14 +90,11 @@ def sample_coverage(draws, truth, levels=LEVELS, weights=None):
     draws = torch.as_tensor(draws).detach().double()
     truth = torch.as_tensor(truth).detach().double()
     w = None if weights is None else torch.as_tensor(weights).detach().double()
-    if w is None:
-        mean = draws.mean(0)
-        centred = draws - mean
-        cov = torch.einsum("sbi,sbj->bij", centred, centred) / max(draws.shape[0] - 1, 1)
-    else:
-        mean = torch.einsum("sb,sbi->bi", w, draws)
-        centred = draws - mean
-        cov = torch.einsum("sb,sbi,sbj->bij", w, centred, centred)
+    # equal weights give the draws' plain moments; the ranks do not depend on the
+    # covariance's overall scale
+    log_w = (torch.full(draws.shape[:2], -math.log(draws.shape[0]), dtype=torch.float64)
+             if w is None else torch.log(w))
+    mean, cov = weighted_moments(draws, log_w)
     cov = cov + 1e-12 * torch.eye(draws.shape[-1], dtype=torch.float64)
     rank = _weighted_rank(mahalanobis2(draws, mean, cov), mahalanobis2(truth[None], mean,
                                                                         cov)[0], w)

@@ -133,14 +133,16 @@ class FisherNet(LatentModel):
         return draw_metric_noise(n_samples, batch, self.latent_dim, self.data_dim,
                                  generator=generator, dtype=self.dtype, device=self.device)
 
-    def _offsets(self, mu, n_samples, generator, solver, noise):
+    def _offsets(self, mu, n_samples, generator, solver, noise, jt=None):
+        """``z* - mu`` (Eq. 28-31); ``jt``, if given, is ``J(mu)^T`` already computed."""
         solver = self._resolve_solver(solver)
         eps, eta = noise if noise is not None else self.draw_noise(n_samples, mu.shape[0],
                                                                    generator)
         precision = self.noise.precision
         n_star = torch.sqrt(precision) * eps
         if solver == "cholesky":
-            _, jt = decoder_jacobian(self.decoder, mu)
+            if jt is None:
+                _, jt = decoder_jacobian(self.decoder, mu)
             return inverse_metric_offsets_cholesky(jt, precision, n_star, eta)
         return inverse_metric_offsets_cg(self.decoder, mu, precision, n_star, eta)
 
@@ -205,17 +207,19 @@ class FisherNet(LatentModel):
         differentiate = (self.differentiate_metric if differentiate_metric is None
                          else differentiate_metric)
         mu = self.encode(x)
+        # the log-det term needs J(mu) with gradients; the sampling reuses it
+        jt = decoder_jacobian(self.decoder, mu)[1] if self.log_det else None
         if differentiate:
-            offset = self._offsets(mu, self.n_samples, generator, None, noise)
+            offset = self._offsets(mu, self.n_samples, generator, None, noise, jt)
         else:
             with torch.no_grad():
-                offset = self._offsets(mu.detach(), self.n_samples, generator, None, noise)
+                offset = self._offsets(mu.detach(), self.n_samples, generator, None, noise,
+                                       None if jt is None else jt.detach())
         # one decoder call per sample: with S = 1 exactly the paper's loss as before
         per_datum = torch.stack([0.5 * (z ** 2).sum(-1)
                                  + self.noise.neg_log_likelihood(x, self.decoder(z))
                                  for z in mu + offset]).mean(0)
         if self.log_det:
-            _, jt = decoder_jacobian(self.decoder, mu)
             chol = torch.linalg.cholesky(metric_from_jacobian(jt, self.noise.precision))
             per_datum = per_datum + torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
         if self.map_weight:

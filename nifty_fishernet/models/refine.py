@@ -33,7 +33,7 @@ from ..fisher import latent_energy, newton_map
 
 __all__ = ["RefineOptions", "RefinedPosterior", "refine_posterior", "CORRECTIONS",
            "importance_sample", "ImportanceSample", "student_t_draws", "student_t_log_density",
-           "weighted_moments", "other_modes"]
+           "weighted_moments", "other_modes", "energy_at"]
 
 CORRECTIONS = ("laplace", "importance")
 
@@ -266,21 +266,36 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
     return ImportanceSample(points, log_weights, log_evidence, ess, e)
 
 
-def other_modes(model, x, found, precision, starts, codebook, max_steps, generator, margin=20.0,
-                separation=3.0):
+def energy_at(model, x, points, precision, chunk):
+    """``E(z)`` ``(S, B)`` at points ``(S, B, d)`` for data ``x`` ``(B, k)``, ``chunk`` draws per
+    decoder call, in the points' dtype (the decoder runs in its own)."""
+    out = torch.empty(points.shape[:2], dtype=points.dtype, device=points.device)
+    with torch.no_grad():
+        for start in range(0, points.shape[0], chunk):
+            part = points[start:start + chunk]
+            s, b, d = part.shape
+            value = model.decoder(part.reshape(s * b, d).to(model.dtype)).to(points.dtype)
+            out[start:start + s] = latent_energy(x.unsqueeze(0), part, value.reshape(s, b, -1),
+                                                 precision)
+    return out
+
+
+def other_modes(model, x, found, map_chol, precision, starts, codebook, max_steps, generator,
+                margin=20.0, separation=3.0):
     """Local modes of each datum's posterior other than ``found``'s, from several starts.
 
     ``codebook`` prior draws are decoded once for the whole batch; the ``starts`` of lowest
     energy for each datum start Newton runs. A run's end counts as another mode where its
     energy is within ``margin`` nats of the MAP's (so that it can hold posterior mass) and it
-    lies more than ``separation`` Laplace sigma from the MAP; otherwise it is replaced by the
-    MAP itself (a repeated component changes nothing).
+    lies more than ``separation`` Laplace sigma (``map_chol``, the Cholesky factor of
+    ``M(MAP)^{-1}``) from the MAP; otherwise it is replaced by the MAP itself (a repeated
+    component changes nothing).
 
     Returns
     -------
-    list of (torch.Tensor, torch.Tensor, torch.Tensor)
-        ``starts`` triples: modes ``(B, d)``, the metric's Cholesky factor of the inverse
-        there ``(B, d, d)`` and the mode's energy ``(B,)``.
+    list of (torch.Tensor, torch.Tensor)
+        ``starts`` pairs: modes ``(B, d)`` and the Cholesky factor of the inverse metric
+        there ``(B, d, d)``.
     """
     batch, d = found.z.shape
     book = torch.randn(codebook, d, generator=generator, dtype=x.dtype, device=x.device)
@@ -293,8 +308,6 @@ def other_modes(model, x, found, precision, starts, codebook, max_steps, generat
     runs = newton_map(model.decoder, x.repeat(starts, 1), begin, precision, max_steps=max_steps)
     laplace_chol = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(
         runs.metric)))
-    map_chol = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(
-        found.metric)))
     out = []
     for j in range(starts):
         rows = slice(j * batch, (j + 1) * batch)
@@ -303,8 +316,7 @@ def other_modes(model, x, found, precision, starts, codebook, max_steps, generat
                                               upper=False).squeeze(-1)
         keep = (e < found.energy + margin) & (white.norm(dim=-1) > separation)
         out.append((torch.where(keep[:, None], z, found.z),
-                    torch.where(keep[:, None, None], chol, map_chol),
-                    torch.where(keep, e, found.energy)))
+                    torch.where(keep[:, None, None], chol, map_chol)))
     return out
 
 
@@ -348,23 +360,15 @@ def refine_posterior(model, x, options=None, **kwargs):
 def _importance(model, x, found, laplace, precision, options, result):
     """Adapted importance sampling of ``p(z | x)`` around the MAP (fills ``result``)."""
     generator = torch.Generator(device=x.device).manual_seed(options.seed)
-
-    def energy(points):
-        out = torch.empty(points.shape[:2], dtype=x.dtype, device=x.device)
-        for start in range(0, points.shape[0], options.chunk):
-            part = points[start:start + options.chunk]
-            s, b, d = part.shape
-            value = model.decoder(part.reshape(s * b, d)).reshape(s, b, -1)
-            out[start:start + s] = latent_energy(x.unsqueeze(0), part, value, precision)
-        return out
-
     chol = torch.linalg.cholesky(laplace)
     components = [(found.z, chol * options.scale)]
     if options.starts:
-        for mode, mode_chol, _ in other_modes(model, x, found, precision, options.starts,
-                                             options.codebook, options.max_steps, generator):
+        for mode, mode_chol in other_modes(model, x, found, chol, precision, options.starts,
+                                           options.codebook, options.max_steps, generator):
             components.append((mode, mode_chol * options.scale))
-    sample = importance_sample(energy, components, options.n_draws, options.dof, generator,
+    sample = importance_sample(lambda points: energy_at(model, x, points, precision,
+                                                        options.chunk),
+                               components, options.n_draws, options.dof, generator,
                                options.adapt_rounds)
     result.mean, result.covariance = weighted_moments(sample.draws, sample.log_weights)
     result.draws, result.log_weights, result.ess = (sample.draws, sample.log_weights,
