@@ -31,7 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import nifty8 as ift  # noqa: E402
+from nifty_fishernet.nifty import ift  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

@@ -16,7 +16,8 @@ from .metrics import feature_statistics, fid, reconstruction_mse
 from .models import (MLP, ConvVAE, FisherNet, LatentModel, RefinedPosterior, RefineOptions,
                      VAE, refine_posterior)
 from .nifty import (FisherNetLikelihood, LatentPosterior, TorchOperator, decoder_likelihood,
-                    infer_latents, latent_posterior)
+                    decoder_operator, default_minimizers, encoder_position, infer_latents,
+                    latent_posterior)
 from .training import TrainingDivergedError, train
 from . import evaluation  # noqa: E402  (after the modules it uses)
 from .evaluation import sample_quality  # noqa: E402
@@ -40,5 +41,6 @@ __all__ = [
     "LatentDensity", "MaternKDE", "GaussianMixtureDensity", "GridTooLargeError", "load_density",
     # NIFTy bridge
     "TorchOperator", "FisherNetLikelihood", "decoder_likelihood", "latent_posterior",
-    "infer_latents", "LatentPosterior",
+    "infer_latents", "LatentPosterior", "decoder_operator", "encoder_position",
+    "default_minimizers",
 ]

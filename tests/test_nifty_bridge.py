@@ -1,13 +1,13 @@
 """The NIFTy bridge: operators pass NIFTy's own checks; NIFTy's metric is the FisherNet's."""
 
-import nifty8 as ift
 import numpy as np
 import pytest
 import torch
 from scipy import optimize
 
 from conftest import random_fishernet
-from nifty_fishernet.nifty import FisherNetLikelihood, TorchOperator
+from nifty_fishernet.nifty import FisherNetLikelihood, TorchOperator, ift
+from nifty_fishernet.nifty.compat import hamiltonian_options, values
 from nifty_fishernet.nifty.blocks import BlockPreconditioner, PreconditionedHamiltonian
 from nifty_fishernet.nifty.inference import latent_posterior, metric_blocks
 
@@ -79,10 +79,11 @@ def test_nifty_inverse_metric_draws_match_sample_latent():
     position = ift.MultiField.from_dict(
         {"latent": ift.makeField(likelihood.domain["latent"], mu)})
     hamiltonian = ift.StandardHamiltonian(
-        likelihood, ift.AbsDeltaEnergyController(1e-14, iteration_limit=50, name=None))
+        likelihood, ift.AbsDeltaEnergyController(1e-14, iteration_limit=50, name=None),
+        **hamiltonian_options(likelihood.domain))
     metric = hamiltonian(ift.Linearization.make_var(position, want_metric=True)).metric
     n = 3000
-    nifty_draws = np.stack([metric.draw_sample(from_inverse=True)["latent"].val[0]
+    nifty_draws = np.stack([values(metric.draw_sample(from_inverse=True)["latent"])[0]
                             for _ in range(n)])
     with torch.no_grad():
         torch_draws = model.sample_latent(torch.tensor(mu), n_samples=n,
@@ -152,14 +153,15 @@ def test_inferred_noise_level_recovers_the_true_one():
 
 def test_bad_input_to_the_likelihood():
     model = random_fishernet(latent_dim=2, data_dim=12)
-    with pytest.raises(ValueError, match=r"shape \(batch, 12\)"):
+    with pytest.raises(ValueError, match=r"shape \(B, 12\).*got \(3, 11\)"):
         FisherNetLikelihood(model, np.zeros((3, 11)))
     bad = np.zeros((3, 12))
     bad[1, 4] = np.nan
     with pytest.raises(ValueError, match="non-finite values in 1 of 3 rows"):
         FisherNetLikelihood(model, bad)
     mask = ift.DiagonalOperator(ift.makeField(ift.UnstructuredDomain((3, 10)), np.ones((3, 10))))
-    with pytest.raises(ValueError, match=r"response's domain has shape \(3, 10\)"):
+    with pytest.raises(ValueError, match=r"response's domain is .*3, 10.*decoder's target is "
+                                         r".*3, 12"):
         FisherNetLikelihood(model, np.zeros((3, 10)), response=mask)
     with pytest.raises(ValueError, match="method"):
         latent_posterior(model, np.zeros((1, 12)), method="hmc")
@@ -189,8 +191,8 @@ def test_block_preconditioner_is_the_exact_metric_of_independent_data(infer_nois
     # Exact blocks: P^-1 M x = x, i.e. no coupling between data (or latents and noise)
     # that the blocks miss.
     for key, value in preconditioner.inverse(metric(x)).items():
-        np.testing.assert_allclose(value.val, x[key].val, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(preconditioner(x)["latent"].val, metric(x)["latent"].val,
+        np.testing.assert_allclose(values(value), values(x[key]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(values(preconditioner(x)["latent"]), values(metric(x)["latent"]),
                                rtol=1e-10)
 
 
@@ -203,10 +205,11 @@ def test_preconditioned_draws_have_the_inverse_metric_covariance_in_few_iteratio
     # Two CG iterations for a 16-dimensional system: plain CG cannot converge in them, the
     # preconditioned one is exact after the first.
     controller = ift.AbsDeltaEnergyController(1e-14, iteration_limit=2, name=None)
-    metric = PreconditionedHamiltonian(likelihood, controller)(
+    metric = PreconditionedHamiltonian(likelihood, controller,
+                                       **hamiltonian_options(likelihood.domain))(
         ift.Linearization.make_var(_position(likelihood, mu), want_metric=True)).metric
     n = 2000
-    draws = np.stack([metric.draw_sample(from_inverse=True)["latent"].val for _ in range(n)])
+    draws = np.stack([values(metric.draw_sample(from_inverse=True)["latent"]) for _ in range(n)])
     with torch.no_grad():
         cov = model.posterior_covariance(torch.tensor(mu)).numpy()
     # n = 2000: relative error of each entry ~sqrt(2/n) = 3%; allow 10% (Frobenius).
@@ -231,7 +234,9 @@ def test_blockwise_mgvi_equals_optimize_kl():
             for flag in (True, False)]
     sigma = np.sqrt(np.diagonal(runs[1].covariance, axis1=1, axis2=2))
     assert np.max(np.abs(runs[0].mean - runs[1].mean) / sigma) < 0.02
-    np.testing.assert_allclose(runs[0].covariance, runs[1].covariance, rtol=1e-2, atol=1e-6)
+    # Measured: 1e-3 relative on nifty8, up to 1.8e-2 on nifty.cl (its Newton-CG stops
+    # elsewhere between the kinks); the samples themselves are the same draws.
+    np.testing.assert_allclose(runs[0].covariance, runs[1].covariance, rtol=3e-2, atol=1e-6)
 
 
 def test_torch_operator_caches_linearizations():
@@ -249,9 +254,9 @@ def test_torch_operator_caches_linearizations():
     again = op(ift.Linearization.make_var(points[0]))
     op(points[0])  # a plain evaluation at a cached point is served from the cache as well
     assert len(calls) == 1
-    np.testing.assert_array_equal(first.val.val, again.val.val)
+    np.testing.assert_array_equal(values(first.val), values(again.val))
     tangent = ift.from_random(dom)
-    np.testing.assert_array_equal(first.jac(tangent).val, again.jac(tangent).val)
+    np.testing.assert_array_equal(values(first.jac(tangent)), values(again.jac(tangent)))
     calls.clear()  # (each forward-mode Jacobian application calls the function)
     op(ift.Linearization.make_var(points[1]))
     op(ift.Linearization.make_var(points[2]))  # evicts points[0] (cache_size=2)

@@ -2,13 +2,14 @@
 
 import math
 
-import nifty8 as ift
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-from nifty_fishernet.nifty import decoder_likelihood, infer_latents, metric_blocks
+from nifty_fishernet.nifty import (decoder_likelihood, default_minimizers, ift, infer_latents,
+                                   metric_blocks)
+from nifty_fishernet.nifty.compat import values
 from nifty_fishernet.toy import (LatentGrid, banana_problem, compare_on_grid,
                                  exact_log_posterior, gaussian_log_density, geovi_log_density,
                                  random_mlp_problem)
@@ -77,7 +78,7 @@ def test_linear_decoder_exact_geovi_mgvi_all_agree(grid):
 
 
 def _nifty_gaussian_q(likelihood, result):
-    expansion = torch.tensor(result.position["latent"].val)
+    expansion = torch.tensor(values(result.position["latent"]))
     return expansion, gaussian_log_density(
         expansion, np.linalg.inv(metric_blocks(likelihood, result.position)))
 
@@ -122,7 +123,7 @@ def test_responses_are_linear_and_adjoint():
     ift.extra.check_linear_operator(blur)
     delta = np.zeros((2, 784))
     delta[0, 14 * 28 + 14] = 1.0
-    assert blur(ift.makeField(blur.domain, delta)).val.sum() == pytest.approx(1.0)
+    assert values(blur(ift.makeField(blur.domain, delta))).sum() == pytest.approx(1.0)
     mask = pixel_mask(np.arange(784) >= 392, batch=3)
     ift.extra.check_linear_operator(mask)
     assert mask.target.shape == (3 * 392,)
@@ -143,10 +144,13 @@ def test_blockwise_inference_equals_optimize_kl_on_the_banana(method):
     problem = banana_problem()
     _, data = problem.sample(6, seed=4)
     likelihood = decoder_likelihood(problem.decoder, 2, data.numpy(), problem.noise_variance)
-    start = infer_latents(likelihood, np.zeros((6, 2)), "map", newton_iterations=50).mean
+    start = infer_latents(likelihood, np.zeros((6, 2)), "map",
+                          **default_minimizers("map", 6, newton_iterations=50)).mean
     runs = [infer_latents(likelihood, start, method, n_samples=2, total_iterations=2,
-                          tolerance=1e-8, newton_iterations=50, nonlinear_iterations=30,
-                          sampling_iterations=200, blockwise=flag) for flag in (True, False)]
-    points = [run.position["latent"].val for run in runs]
+                          **default_minimizers(method, 6, tolerance=1e-8, newton_iterations=50,
+                                               nonlinear_iterations=30, sampling_iterations=200,
+                                               blockwise=flag))
+            for flag in (True, False)]
+    points = [values(run.position["latent"]) for run in runs]
     sigma = np.sqrt(np.diagonal(runs[1].covariance, axis1=1, axis2=2))
     assert np.max(np.abs(points[0] - points[1]) / sigma) < 0.05

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 
-import nifty8 as ift
 import numpy as np
 from tqdm.auto import tqdm
+
+from ..nifty.compat import ift, values
+from ..nifty.vi import variational_inference
 
 from .base import LatentDensity, register_density
 
@@ -190,20 +191,16 @@ class MaternKDE(LatentDensity):
             ift.AbsDeltaEnergyController(self.tolerance, iteration_limit=5, name=None))
         bar = tqdm(total=self.iterations, desc=f"MaternKDE d={d} ({self.method})",
                    disable=not self.progress, leave=False)
-        logger, level = ift.logger, ift.logger.level
-        logger.setLevel(logging.ERROR)  # iteration limits are reached by design
         try:
+            # One random context for the start and the samples (seed=None below).
             with ift.random.Context(self.seed):
                 initial = 1e-2 * ift.from_random(likelihood.domain)
-                samples = ift.optimize_kl(
-                    likelihood, self.iterations, self.n_samples, newton, sampling, nonlinear,
-                    initial_position=initial, output_directory=None,
-                    plot_energy_history=False, plot_minisanity_history=False,
-                    inspect_callback=lambda *_: bar.update())
+                samples, _ = variational_inference(
+                    likelihood, initial, self.method, self.n_samples, self.iterations, newton,
+                    sampling, nonlinear, seed=None, callback=bar.update)
         finally:
-            logger.setLevel(level)
             bar.close()
-        intensities = np.stack([signal.force(s).val for s in samples.iterator()])
+        intensities = np.stack([values(signal.force(s)) for s in samples.iterator()])
         probabilities = intensities / intensities.sum(axis=tuple(range(1, d + 1)),
                                                       keepdims=True)
         self.cell_volume = float(np.prod(self.widths))

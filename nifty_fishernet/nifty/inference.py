@@ -1,22 +1,20 @@
-"""Latent posteriors with NIFTy's MGVI, geoVI or MAP (``ift.optimize_kl``)."""
+"""Latent posteriors with NIFTy's MGVI, geoVI or MAP (through :mod:`.vi`)."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from dataclasses import dataclass
 
-import nifty8 as ift
 import numpy as np
 import torch
 
-from .blocks import BlockNewton, PreconditionedHamiltonian, metric_blocks
-from .likelihood import LATENT_KEY, NOISE_KEY, FisherNetLikelihood, as_data_batch
+from .blocks import metric_blocks
+from .compat import ift, is_field, values
+from .likelihood import LATENT_KEY, NOISE_KEY, FisherNetLikelihood, as_data, check_batch
+from .vi import METHODS, check_iterations, default_minimizers, variational_inference
 
-__all__ = ["latent_posterior", "infer_latents", "LatentPosterior", "metric_blocks"]
-
-METHODS = ("mgvi", "geovi", "map")
+__all__ = ["latent_posterior", "infer_latents", "LatentPosterior", "metric_blocks",
+           "encoder_position"]
 
 
 @dataclass
@@ -31,13 +29,22 @@ class LatentPosterior:
         ``(B, d, d)``: sample covariance for MGVI/geoVI; for MAP the Laplace covariance, the
         inverse of the metric's latent block at the MAP point.
     samples : ift.ResidualSampleList or None
-        NIFTy's sample list (None for MAP).
+        NIFTy's sample list (None for MAP); ``samples.sample_stat(op)`` gives the posterior
+        mean and variance of any other model part.
     position : ift.MultiField
-        Final expansion point (latent mean and, if inferred, noise parameter).
+        Final expansion point (latent mean and every other key).
     noise_variance : float or None
         Posterior mean of the noise variance when it was inferred (its MAP value for MAP).
     seconds : float
         Wall-clock time of the inference.
+    model : LatentModel or None
+        The model whose decoder :meth:`images` and :meth:`predictive` use.
+    misfit_variance : float or None
+        The model's misfit variance on the decoder output (``e^{xi_N}``, or the inferred
+        noise variance), which :meth:`predictive` adds with ``include_noise``.
+    image_shape : tuple or None
+        Shape of one decoded image in :meth:`images` / :meth:`predictive`; default the
+        decoder's flat output.
     """
 
     mean: np.ndarray
@@ -46,41 +53,87 @@ class LatentPosterior:
     position: object
     noise_variance: float | None = None
     seconds: float = float("nan")
+    model: object = None
+    misfit_variance: float | None = None
+    image_shape: tuple | None = None
 
     def latent_draws(self):
         """The NIFTy samples' latents as an ``(S, B, d)`` array (MAP: only the point)."""
         if self.samples is None:
             return self.mean[None]
-        return np.stack([s[LATENT_KEY].val for s in self.samples.iterator()])
+        return np.stack([values(s[LATENT_KEY]) for s in self.samples.iterator()])
+
+    def images(self):
+        """The decoded draws ``f(z_s)``: ``(S, B) + image shape`` (MAP: the MAP's image)."""
+        if self.model is None:
+            raise ValueError("this posterior has no decoder: pass model= to infer_latents "
+                             "(latent_posterior sets it)")
+        draws = self.latent_draws()
+        with torch.no_grad():
+            z = torch.tensor(draws.reshape(-1, draws.shape[-1]), dtype=self.model.dtype,
+                             device=self.model.device)
+            decoded = self.model.decoder(z).cpu().double().numpy()
+        shape = self.image_shape or (decoded.shape[-1],)
+        return decoded.reshape(draws.shape[:2] + tuple(shape))
+
+    def predictive(self, include_noise=True):
+        """Mean and standard deviation of the decoded images over the posterior samples.
+
+        Parameters
+        ----------
+        include_noise : bool
+            Add the model's own misfit variance (:attr:`misfit_variance`) to the samples'
+            variance: the predictive distribution of the image ``x = f(z) + m`` rather than
+            of the decoder output ``f(z)``.
+
+        Returns
+        -------
+        mean, std : numpy.ndarray
+            ``(B,) + image shape`` each.
+
+        Notes
+        -----
+        Every pixel is treated alike, observed or hidden: the std describes ``f(z) + m``
+        under the latent posterior, and the misfit ``m`` keeps its prior variance. Where a
+        pixel was observed with little noise, the data also inform its misfit, so there the
+        std is conservative (too large); on hidden pixels it is the full predictive
+        uncertainty. For MAP (a single point) the std is the misfit alone.
+        """
+        images = self.images()
+        mean = images.mean(axis=0)
+        variance = images.var(axis=0) if len(images) > 1 else np.zeros_like(mean)
+        if include_noise:
+            if self.misfit_variance is None:
+                raise ValueError("no misfit variance is known for this posterior: pass "
+                                 "include_noise=False, or misfit_variance= to infer_latents")
+            variance = variance + self.misfit_variance
+        return mean, np.sqrt(variance)
 
 
-@contextlib.contextmanager
-def _torch_threads(threads):
-    """Run with ``threads`` intra-op torch threads (None: leave as is)."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def _quiet_nifty(verbose):
-    if verbose:
-        yield
-        return
-    logger = ift.logger
-    level = logger.level
-    # Iteration limits are reached by design; their warnings would drown the output.
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+def _initial_position(domain, initial):
+    """``initial`` (latent array, dict or MultiField) on ``domain``; other keys at 0."""
+    start = ift.full(domain, 0.0).to_dict()
+    if initial is None:
+        given = {}
+    elif isinstance(initial, ift.MultiField):
+        given = dict(initial.items())
+    elif isinstance(initial, dict):
+        given = dict(initial)
+    else:
+        given = {LATENT_KEY: initial}
+    unknown = set(given) - set(domain.keys())
+    if unknown:
+        raise ValueError(f"the initial position has keys {sorted(unknown)} that the "
+                         f"likelihood does not have (it has {sorted(domain.keys())})")
+    for key, value in given.items():
+        value = values(value) if is_field(value) else np.asarray(value, dtype=np.float64)
+        if value.shape != domain[key].shape:
+            raise ValueError(f"the initial {key!r} has shape {value.shape}, expected "
+                             f"{domain[key].shape}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"the initial {key!r} contains non-finite values")
+        start[key] = ift.makeField(domain[key], value)
+    return ift.MultiField.from_dict(start)
 
 
 def _check_likelihood(likelihood):
@@ -88,65 +141,49 @@ def _check_likelihood(likelihood):
     if not isinstance(domain, ift.MultiDomain) or LATENT_KEY not in domain.keys():
         raise TypeError(f"the likelihood's domain must be a MultiDomain with key "
                         f"{LATENT_KEY!r} (as FisherNetLikelihood / decoder_likelihood build)")
-    extra = set(domain.keys()) - {LATENT_KEY, NOISE_KEY}
-    if extra:
-        raise ValueError(f"the likelihood has unknown domain keys {sorted(extra)}")
     if len(domain[LATENT_KEY].shape) != 2:
         raise ValueError(f"the latent domain must have shape (batch, latent_dim), got "
                          f"{domain[LATENT_KEY].shape}")
 
 
-def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterations=6,
-                  seed=0, sampling_iterations=100, newton_iterations=20,
-                  nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False,
-                  blockwise=True):
-    """Run NIFTy's MGVI/geoVI/MAP on a latent likelihood and summarise the posterior.
+def infer_latents(likelihood, initial=None, method="mgvi", n_samples=20, total_iterations=6,
+                  *, kl_minimizer=None, sampling_iteration_controller=None,
+                  nonlinear_sampling_minimizer=None, seed=0, threads=1, verbose=False,
+                  model=None, misfit_variance=None, image_shape=None):
+    """Run NIFTy's MGVI/geoVI/MAP on a latent likelihood and summarise the latent posterior.
 
     Parameters
     ----------
     likelihood : ift.LikelihoodEnergyOperator
-        On ``{"latent": (B, d)}`` (plus ``"xi_noise"`` for an inferred noise level), e.g.
-        from :func:`FisherNetLikelihood` or :func:`decoder_likelihood`. NIFTy adds the
+        On a MultiDomain with the key ``"latent"`` of shape ``(B, d)``, e.g. from
+        :func:`FisherNetLikelihood`, maybe plus ``"xi_noise"`` and any further keys of the
+        user's other model parts (a background, an exposure, ...). NIFTy adds the
         standard-normal prior on every key.
-    initial : array-like
-        ``(B, d)`` starting latents (the noise parameter starts at 0).
+    initial : array-like, dict or ift.MultiField, optional
+        The start: a ``(B, d)`` latent array, or a position with some or all keys (e.g.
+        :func:`encoder_position`). Keys not given start at 0.
     method : {"mgvi", "geovi", "map"}
         Metric Gaussian VI, geometric VI, or maximum a posteriori with a Laplace covariance.
     n_samples : int
         Number of antithetic sample pairs: NIFTy draws ``2 * n_samples`` mirrored samples.
     total_iterations : int
-        Global KL iterations of ``optimize_kl`` (new samples each).
+        Global KL iterations (new samples each), at least 1.
+    kl_minimizer, sampling_iteration_controller, nonlinear_sampling_minimizer : optional
+        NIFTy's minimizers and controllers, as for ``ift.optimize_kl``. Missing ones come
+        from :func:`~nifty_fishernet.nifty.default_minimizers` for this method and B (a
+        :class:`~nifty_fishernet.nifty.blocks.BlockNewton` exploits that the B latent
+        problems are independent; pass ``ift.NewtonCG(...)`` to run ``ift.optimize_kl``
+        unchanged).
     seed : int
         NIFTy's random seed for the samples.
-    sampling_iterations, newton_iterations : int
-        Iteration limits of the sampling CG and of the KL's Newton-CG minimiser.
-    nonlinear_iterations : int
-        geoVI only: Newton-CG iterations of each nonlinear sample update, most of geoVI's
-        cost. On the banana toy problem (30 data) 10 came as close to the grid posterior as
-        20 (mean KL(p||q) 0.56 vs 0.58) in half the time; 5 did not (0.92).
-    tolerance : float
-        Energy change, in nats per datum, below which the minimisers (KL, geoVI samples) and
-        the sampling CG count an iteration as converged; NIFTy's absolute criteria get
-        ``tolerance * B`` (``/ 10`` for the sampling CG), so the precision per datum does
-        not depend on the batch size.
     threads : int or None
-        Intra-op torch threads during the inference (None: unchanged). NIFTy calls the
-        network thousands of times on small inputs, between numpy operations; with several
-        OpenMP threads each call pays for waking them (MGVI on one Fashion-MNIST image, 2-core
-        CPU: 36 s with 2 threads, 8 s with 1). Raise it for large batches or a big network.
+        Intra-op torch threads during the inference (see
+        :func:`~nifty_fishernet.nifty.variational_inference`).
     verbose : bool
         Let NIFTy log its iterations and minisanity tables.
-    blockwise : bool
-        Exploit that the B data points are independent problems (:mod:`.blocks`): exact
-        per-datum Newton steps (:class:`BlockNewton`) for the KL and the MAP, and a
-        block-preconditioned CG for the MGVI samples
-        (:class:`PreconditionedHamiltonian`, run through :func:`_sampled_kl_loop`). False
-        runs ``ift.optimize_kl`` with ``ift.NewtonCG`` unchanged. Both target the same
-        posterior approximation; the blockwise steps need as many iterations for any B,
-        NIFTy's plain CGs more with every datum (and the sampling CG stops at
-        ``sampling_iterations`` with inexact samples). Even for one datum the exact Newton
-        steps pay off (MGVI, Fashion-MNIST d = 5, 16 single images: 2.3 s per image
-        blockwise, 3.2 s with ``optimize_kl``'s Newton-CG).
+    model, misfit_variance, image_shape : optional
+        For :meth:`LatentPosterior.images` and :meth:`LatentPosterior.predictive`: the model
+        whose decoder made the likelihood, its misfit variance, and the image shape.
 
     Returns
     -------
@@ -161,139 +198,136 @@ def infer_latents(likelihood, initial, method="mgvi", n_samples=20, total_iterat
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     _check_likelihood(likelihood)
-    domain = likelihood.domain[LATENT_KEY]
-    initial = np.asarray(initial, dtype=np.float64)
-    if initial.shape != domain.shape:
-        raise ValueError(f"initial latents have shape {initial.shape}, expected {domain.shape}")
-    if not np.all(np.isfinite(initial)):
-        raise ValueError("initial latents contain non-finite values")
-    start = ift.full(likelihood.domain, 0.0).to_dict()
-    start[LATENT_KEY] = ift.makeField(domain, initial)
-    position = ift.MultiField.from_dict(start)
-
-    delta = float(tolerance) * domain.shape[0]
-    if not delta > 0:
-        raise ValueError(f"tolerance must be positive, got {tolerance}")
-    kl_minimizer = (BlockNewton if blockwise else ift.NewtonCG)(ift.AbsDeltaEnergyController(
-        delta, convergence_level=2, iteration_limit=newton_iterations, name=None))
-    if method == "map":
-        n_samples, sampling, nonlinear = 0, None, None
-    else:
-        if n_samples < 1:
-            raise ValueError(f"{method} needs n_samples >= 1, got {n_samples}")
-        sampling = ift.AbsDeltaEnergyController(delta / 10, iteration_limit=sampling_iterations,
-                                                name=None)
-        # geoVI's nonlinear sample updates keep NIFTy's Newton-CG on either path: exact
-        # block Newton steps there moved geoVI away from optimize_kl's result (0.3-1.5 sigma
-        # on the banana toy, KL(p||q) to the grid posterior 45 % worse; see the test
-        # test_blockwise_inference_equals_optimize_kl_on_the_banana).
-        nonlinear = None if method == "mgvi" else ift.NewtonCG(ift.AbsDeltaEnergyController(
-            delta, convergence_level=2, iteration_limit=nonlinear_iterations, name=None))
+    total_iterations = check_iterations(total_iterations)
+    position = _initial_position(likelihood.domain, initial)
+    defaults = default_minimizers(method, batch=likelihood.domain[LATENT_KEY].shape[0])
+    given = {"kl_minimizer": kl_minimizer,
+             "sampling_iteration_controller": sampling_iteration_controller,
+             "nonlinear_sampling_minimizer": nonlinear_sampling_minimizer}
+    minimizers = {key: defaults[key] if value is None else value
+                  for key, value in given.items()}
     began = time.perf_counter()
-    with ift.random.Context(seed), _quiet_nifty(verbose), _torch_threads(threads):
-        if blockwise and method != "map":
-            samples, point = _sampled_kl_loop(likelihood, position, total_iterations,
-                                              n_samples, kl_minimizer, sampling, nonlinear)
-        else:
-            samples, point = ift.optimize_kl(
-                likelihood, total_iterations, n_samples, kl_minimizer, sampling, nonlinear,
-                initial_position=position, output_directory=None, plot_energy_history=False,
-                plot_minisanity_history=False, return_final_position=True)
+    samples, point = variational_inference(likelihood, position, method, n_samples,
+                                           total_iterations, seed=seed, threads=threads,
+                                           verbose=verbose, **minimizers)
     inferred = NOISE_KEY in likelihood.domain.keys()
+    result = LatentPosterior(None, None, samples, point, None, 0.0, model, misfit_variance,
+                             None if image_shape is None else tuple(image_shape))
     if method == "map":
-        covariance = np.linalg.inv(metric_blocks(likelihood, point))
-        noise = float(np.exp(point[NOISE_KEY].val)) if inferred else None
-        return LatentPosterior(point[LATENT_KEY].val.copy(), covariance, None, point, noise,
-                               time.perf_counter() - began)
-    result = LatentPosterior(None, None, samples, point, None, 0.0)
-    draws = result.latent_draws()
-    result.mean = draws.mean(axis=0)
-    centred = draws - result.mean
-    result.covariance = np.einsum("sbi,sbj->bij", centred, centred) / (draws.shape[0] - 1)
-    if inferred:
-        result.noise_variance = float(np.mean([np.exp(s[NOISE_KEY].val)
-                                                for s in samples.iterator()]))
+        result.mean = values(point[LATENT_KEY]).copy()
+        result.covariance = np.linalg.inv(metric_blocks(likelihood, point))
+        if inferred:
+            result.noise_variance = float(np.exp(values(point[NOISE_KEY])))
+    else:
+        draws = result.latent_draws()
+        result.mean = draws.mean(axis=0)
+        centred = draws - result.mean
+        result.covariance = np.einsum("sbi,sbj->bij", centred, centred) / (draws.shape[0] - 1)
+        if inferred:
+            result.noise_variance = float(np.mean([np.exp(values(s[NOISE_KEY]))
+                                                    for s in samples.iterator()]))
+    if inferred and result.misfit_variance is None:
+        result.misfit_variance = result.noise_variance
     result.seconds = time.perf_counter() - began
     return result
 
 
-def _sampled_kl_loop(likelihood, position, total_iterations, n_samples, kl_minimizer,
-                     sampling, nonlinear):
-    """``ift.optimize_kl``'s inference steps with a :class:`PreconditionedHamiltonian`.
+def encoder_position(model, data, response=None, domain=None):
+    """The encoder's latent mean of ``data`` as a NIFTy MultiField: the usual start.
 
-    Each global iteration draws new samples at the current mean (``ift.SampledKLEnergy``,
-    mirrored) and minimises the sampled KL, as ``optimize_kl`` does; ``optimize_kl`` builds
-    its ``StandardHamiltonian`` itself, so the preconditioned one cannot be passed to it.
+    Parameters
+    ----------
+    model : LatentModel
+        Trained model in eval mode.
+    data : array-like or ift.Field
+        Without a response the images (``(B, k)``, ``(B,) + image shape`` or one image);
+        with one, data on its target: the encoder then sees ``R^T d`` (hidden pixels 0).
+    response : ift.LinearOperator, optional
+        As for :func:`FisherNetLikelihood`.
+    domain : ift.MultiDomain, optional
+        The position's domain, e.g. ``likelihood.domain``: keys other than ``"latent"``
+        are 0. Default ``{"latent": (B, d)}``.
+
+    Returns
+    -------
+    ift.MultiField
     """
-    hamiltonian = PreconditionedHamiltonian(likelihood, sampling)
-    samples = None
-    for _ in range(total_iterations):
-        energy = ift.SampledKLEnergy(position, hamiltonian, n_samples, nonlinear,
-                                     mirror_samples=True)
-        energy, _ = kl_minimizer(energy)
-        position = energy.position
-        samples = energy.samples
-    return samples, position
-
-
-def encoder_initial(model, data, response=None):
-    """The encoder's mean of ``data`` (of ``R^dagger d``, hidden pixels 0, with a response)."""
-    image = (as_data_batch(data, model.data_dim) if response is None
-             else response.adjoint(ift.makeField(response.target, np.asarray(data))).val)
+    if response is None:
+        images = as_data(data)
+        images = images.reshape(-1, model.data_dim) if images.size % model.data_dim == 0 \
+            else images
+    else:
+        back = response.adjoint(ift.makeField(response.target, as_data(data,
+                                                                       response.target.shape)))
+        images = values(back).reshape(response.domain.shape[0], -1)
+    if images.ndim != 2 or images.shape[1] != model.data_dim:
+        raise ValueError(f"data must hold images of {model.data_dim} pixels, got shape "
+                         f"{np.shape(data)}")
+    batch = check_batch(images.shape[0])
     with torch.no_grad():
-        # a copy: NIFTy's field arrays are read-only
-        x = torch.tensor(image, dtype=model.dtype, device=model.device)
-        return model.encode(x).cpu().double().numpy()
+        x = torch.tensor(images, dtype=model.dtype, device=model.device)
+        mean = model.encode(x).cpu().double().numpy()
+    if domain is None:
+        domain = ift.makeDomain({LATENT_KEY: ift.UnstructuredDomain((batch, model.latent_dim))})
+    return _initial_position(domain, {LATENT_KEY: mean})
 
 
 def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, noise=None,
                      infer_noise=False, total_iterations=6, initial=None, dtype=torch.float64,
                      seed=0, sampling_iterations=100, newton_iterations=20,
                      nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False,
-                     blockwise=True):
-    """Latent posterior of ``d = R(f(z)) + n`` under ``z ~ N(0, 1)`` by ``ift.optimize_kl``.
+                     blockwise=True, image_shape=None, misfit=True):
+    """Latent posterior of ``d = R(f(z) + m) + n`` under ``z ~ N(0, 1)`` with NIFTy.
 
     All B data points form one NIFTy problem (latent field ``(B, d)``), so each energy or
-    metric evaluation calls the network once per batch.
+    metric evaluation calls the network once per batch. For a likelihood with further model
+    parts build it yourself and call :func:`infer_latents`.
 
     Parameters
     ----------
     model : nifty_fishernet.models.LatentModel
         Trained model in eval mode.
-    data : array-like
+    data : array-like or ift.Field
         As for :func:`FisherNetLikelihood`.
     method : {"mgvi", "geovi", "map"}
         Metric Gaussian VI, geometric VI, or maximum a posteriori with a Laplace covariance.
     n_samples : int
         Number of antithetic sample pairs: NIFTy draws ``2 * n_samples`` mirrored samples.
-    response, noise, infer_noise : optional
+    response, noise, infer_noise, image_shape, misfit : optional
         As for :func:`FisherNetLikelihood`.
     total_iterations : int
-        Global KL iterations of ``optimize_kl``.
-    initial : array-like, optional
-        ``(B, d)`` starting latents; default the model's encoder mean of ``data`` (of
-        ``R^dagger d``, hidden pixels at 0, when a response is given).
+        Global KL iterations, at least 1.
+    initial : array-like or ift.MultiField, optional
+        Start; default the model's encoder mean (:func:`encoder_position`).
     dtype : torch.dtype
         Precision of the decoder evaluations.
     seed : int
         NIFTy's random seed for the samples.
-    sampling_iterations, newton_iterations, nonlinear_iterations : int
+    sampling_iterations, newton_iterations, nonlinear_iterations, tolerance, blockwise
+        Settings of :func:`~nifty_fishernet.nifty.default_minimizers`.
+    threads, verbose
         As for :func:`infer_latents`.
-    tolerance, threads, blockwise
-        As for :func:`infer_latents`.
-    verbose : bool
-        Let NIFTy log its iterations and minisanity tables.
 
     Returns
     -------
     LatentPosterior
+        With the model attached, so :meth:`LatentPosterior.predictive` and
+        :meth:`LatentPosterior.images` work.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     likelihood = FisherNetLikelihood(model, data, response=response, noise=noise, dtype=dtype,
-                                     infer_noise=infer_noise)
+                                     infer_noise=infer_noise, image_shape=image_shape,
+                                     misfit=misfit)
     if initial is None:
-        initial = encoder_initial(model, data, response)
-    return infer_latents(likelihood, initial, method, n_samples, total_iterations, seed,
-                         sampling_iterations, newton_iterations, nonlinear_iterations,
-                         tolerance, threads, verbose, blockwise)
+        initial = encoder_position(model, data, response)
+    minimizers = default_minimizers(method, likelihood.domain[LATENT_KEY].shape[0], tolerance,
+                                    newton_iterations, sampling_iterations,
+                                    nonlinear_iterations, blockwise)
+    if misfit is True:
+        misfit = float(np.exp(model.noise.xi.item()))
+    misfit_variance = None if infer_noise else (misfit or 0.0)
+    return infer_latents(likelihood, initial, method, n_samples, total_iterations, seed=seed,
+                         threads=threads, verbose=verbose, model=model,
+                         misfit_variance=misfit_variance, image_shape=image_shape,
+                         **minimizers)

@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import copy
+import numbers
 
-import nifty8 as ift
 import numpy as np
 import torch
 
+from .compat import describe, ift, is_field, values
+from .noise import noise_inverse_covariance
 from .operator import TorchOperator
 
-__all__ = ["LATENT_KEY", "NOISE_KEY", "decoder_operator", "decoder_likelihood",
-           "FisherNetLikelihood", "as_data_batch", "noise_variance_operator"]
+__all__ = ["LATENT_KEY", "NOISE_KEY", "LIKELIHOOD_NAME", "decoder_operator",
+           "decoder_likelihood", "FisherNetLikelihood", "noise_variance_operator",
+           "check_batch", "decoder_target", "as_data"]
 
 #: Key of the latent field in every likelihood's MultiDomain.
 LATENT_KEY = "latent"
 #: Key of the standard-normal noise parameter ``xi_N`` when the noise level is inferred.
 NOISE_KEY = "xi_noise"
-
-
-def as_data_batch(data, data_dim):
-    """``data`` as a finite float64 array of shape ``(B, data_dim)`` (a single datum is B=1)."""
-    data = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)
-    if not np.issubdtype(data.dtype, np.floating):
-        raise TypeError(f"data must be floating point, got dtype {data.dtype}")
-    if data.ndim == 1:
-        data = data[None]
-    if data.ndim != 2 or data.shape[1] != data_dim:
-        raise ValueError(f"data must have shape (batch, {data_dim}) or ({data_dim},), got "
-                         f"{data.shape}")
-    if not np.all(np.isfinite(data)):
-        raise ValueError(f"data contain non-finite values in "
-                         f"{int((~np.isfinite(data)).any(axis=1).sum())} of {data.shape[0]} rows")
-    return data.astype(np.float64)
+#: The likelihood's name in NIFTy's minisanity tables.
+LIKELIHOOD_NAME = "FisherNet"
 
 
 def _require_eval(model):
@@ -57,8 +46,90 @@ def _frozen(decoder, dtype):
     return decoder
 
 
-def decoder_operator(model, batch, dtype=torch.float64):
-    """The decoder of a trained model as a NIFTy operator ``{latent: (B, d)} -> (B, k)``.
+def check_batch(batch):
+    """``batch`` as a positive int; a clear error for 0, negatives, fractions and bools."""
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ValueError(f"the batch size B must be a positive integer, got {batch!r}")
+    return int(batch)
+
+
+def decoder_target(batch, data_dim, image_shape=None):
+    """The decoder's NIFTy target: ``UnstructuredDomain((B, k))``, or with ``image_shape``
+    ``(UnstructuredDomain(B), RGSpace(image_shape, distances=1.0))`` (lengths in pixels)."""
+    batch = check_batch(batch)
+    if image_shape is None:
+        return ift.makeDomain(ift.UnstructuredDomain((batch, int(data_dim))))
+    image_shape = tuple(int(n) for n in image_shape)
+    if int(np.prod(image_shape)) != int(data_dim) or min(image_shape) < 1:
+        raise ValueError(f"image_shape {image_shape} does not hold the decoder's {data_dim} "
+                         f"outputs")
+    return ift.makeDomain((ift.UnstructuredDomain(batch),
+                           ift.RGSpace(image_shape, distances=1.0)))
+
+
+def as_data(data, shape=None):
+    """``data`` (numpy, torch, ``ift.Field`` or nested lists) as a finite float64 array.
+
+    With ``shape``, the data must have it (or hold exactly its values, e.g. ``(B, 784)`` for
+    ``(B, 28, 28)``, and are reshaped).
+    """
+    if is_field(data):
+        data = values(data)
+    elif isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    data = np.asarray(data)
+    if not np.issubdtype(data.dtype, np.floating) and not np.issubdtype(data.dtype,
+                                                                           np.integer):
+        raise TypeError(f"data must be numbers, got dtype {data.dtype}")
+    if shape is not None and data.shape != tuple(shape):
+        if data.size != int(np.prod(shape)):
+            raise ValueError(f"data have shape {data.shape}, expected {tuple(shape)}")
+        data = data.reshape(shape)
+    if not np.all(np.isfinite(data)):
+        bad = ~np.isfinite(data.reshape(len(data), -1)).all(axis=1) if data.ndim else [True]
+        raise ValueError(f"data contain non-finite values in {int(np.sum(bad))} of "
+                         f"{len(bad)} rows")
+    return data.astype(np.float64)
+
+
+def _batch_of(data, data_dim, image_shape):
+    """B of decoder-space data: ``(B, k)``, ``(B,) + image_shape``, or one datum."""
+    data = as_data(data)
+    single = [(data_dim,)] + ([tuple(image_shape)] if image_shape is not None else [])
+    if data.shape in single:
+        return 1
+    batched = [(data_dim,)] + ([tuple(image_shape)] if image_shape is not None else [])
+    if data.ndim >= 2 and data.shape[1:] in batched:
+        return data.shape[0]
+    expected = " or ".join(f"(B, {', '.join(map(str, s))})" for s in batched)
+    raise ValueError(f"data must have shape {expected} (one datum: without B), got "
+                     f"{data.shape}")
+
+
+def _require_eval(model):
+    if model.training:
+        raise RuntimeError(f"the {type(model).__name__} is in training mode; call model.eval() "
+                           f"so that its decoder is a fixed function during inference")
+
+
+def _frozen(decoder, dtype):
+    """A copy of ``decoder`` in ``dtype`` with gradients off.
+
+    A copy, so that the caller's model keeps its dtype and trainability, and the NIFTy
+    operator (which caches linearizations) sees fixed weights.
+    """
+    if isinstance(decoder, torch.nn.Module):
+        parameters = list(decoder.parameters())
+        decoder = copy.deepcopy(decoder)
+        if parameters and parameters[0].dtype != dtype:
+            decoder = decoder.to(dtype)
+        for p in decoder.parameters():
+            p.requires_grad_(False)
+    return decoder
+
+
+def decoder_operator(model, batch, dtype=torch.float64, image_shape=None):
+    """The decoder of a trained model as a NIFTy operator ``{latent: (B, d)} -> images``.
 
     Parameters
     ----------
@@ -70,20 +141,29 @@ def decoder_operator(model, batch, dtype=torch.float64):
         Number of data points ``B`` inferred jointly (one decoder call per evaluation).
     dtype : torch.dtype
         Computation precision.
+    image_shape : tuple of int, optional
+        E.g. ``(28, 28)``: the target is ``(UnstructuredDomain(B), RGSpace(image_shape,
+        distances=1.0))``, so responses written on images (blurs in pixels, masks of
+        image shape) apply directly. Default: the flat ``UnstructuredDomain((B, k))``.
     """
     _require_eval(model)
     return _latent_operator(model.decoder, batch, model.latent_dim, model.data_dim, dtype,
-                            model.device)
+                            model.device, image_shape)
 
 
-def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device):
-    latent = ift.UnstructuredDomain((batch, latent_dim))
-    output = ift.UnstructuredDomain((batch, data_dim))
+def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device, image_shape=None):
+    batch = check_batch(batch)
+    latent = ift.UnstructuredDomain((batch, int(latent_dim)))
+    flat = decoder_target(batch, data_dim)
     decoder = _frozen(decoder, dtype)
     # Decoders of this package form their per-datum Jacobians in one fused pass.
     row_jacobian = getattr(decoder, "forward_with_jacobian", None)
-    return TorchOperator(latent, output, decoder, dtype=dtype, device=device,
-                         row_jacobian=row_jacobian).ducktape(LATENT_KEY)
+    signal = TorchOperator(latent, flat, decoder, dtype=dtype, device=device,
+                           row_jacobian=row_jacobian).ducktape(LATENT_KEY)
+    if image_shape is None:
+        return signal
+    return ift.DomainChangerAndReshaper(flat, decoder_target(batch, data_dim,
+                                                             image_shape)) @ signal
 
 
 def noise_variance_operator(domain, mean=0.0, std=1.0):
@@ -100,10 +180,35 @@ def noise_variance_operator(domain, mean=0.0, std=1.0):
     return broadcast @ log_variance.exp()
 
 
+def _signal(decoder, latent_dim, data_dim, data, response, dtype, device, image_shape):
+    """The model ``R f`` and the data on its target."""
+    if response is None:
+        batch = _batch_of(data, data_dim, image_shape)
+        signal = _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device,
+                                  image_shape)
+        return signal, as_data(data, signal.target.shape)
+    if not isinstance(response, ift.LinearOperator):
+        raise TypeError(f"response must be an ift.LinearOperator, got "
+                        f"{type(response).__name__}")
+    shape = response.domain.shape
+    if not shape or not isinstance(response.domain, ift.DomainTuple):
+        raise ValueError(f"the response's domain {describe(response.domain)} is not a decoder output")
+    expected = decoder_target(shape[0], data_dim, image_shape)
+    if response.domain != expected:
+        hint = ("" if image_shape is not None else
+                "; for a response written on images pass image_shape=")
+        raise ValueError(f"the response's domain is {describe(response.domain)}, but the "
+                         f"decoder's target is {describe(expected)}{hint}")
+    signal = response @ _latent_operator(decoder, shape[0], latent_dim, data_dim, dtype,
+                                         device, image_shape)
+    return signal, as_data(data, signal.target.shape)
+
+
 def decoder_likelihood(decoder, latent_dim, data, noise=1.0, response=None,
                        dtype=torch.float64, device="cpu", infer_noise=False,
-                       noise_prior=(0.0, 1.0)):
-    """Gaussian likelihood ``d = R(f(z)) + n``, ``n ~ N(0, noise)``, for any torch decoder.
+                       noise_prior=(0.0, 1.0), image_shape=None, misfit=None,
+                       data_dim=None):
+    """Gaussian likelihood ``d = R(f(z) + m) + n`` for any torch decoder.
 
     The building block of :func:`FisherNetLikelihood`; use it directly for a decoder that is
     not a trained model of this package (e.g. a known generative process).
@@ -114,44 +219,45 @@ def decoder_likelihood(decoder, latent_dim, data, noise=1.0, response=None,
         Torch module or function ``(B, d) -> (B, k)``.
     latent_dim : int
         ``d``.
-    data : array-like
-        ``(B, k)`` without a response, else of the response target's shape.
-    noise : float
-        Noise variance (ignored when ``infer_noise``).
+    data : array-like or ift.Field
+        Without a response ``(B, k)``, ``(B,) + image_shape`` or one datum; with one, of the
+        response target's shape.
+    noise : float, array-like or ift.LinearOperator, optional
+        The measurement noise ``n``: variance, per-pixel variance (the data's shape), or an
+        inverse covariance operator on the data domain. None: none (then give ``misfit``).
+        Ignored when ``infer_noise``.
     response : ift.LinearOperator, optional
-        Linear map from ``UnstructuredDomain((B, k))`` to the data domain. Default identity.
+        Linear map from the decoder's target (:func:`decoder_target`) to the data domain.
+        Default identity.
     dtype, device
         Precision and device of the decoder evaluation.
     infer_noise : bool
-        Infer the noise variance as well: ``exp(mean + std * xi)`` with ``xi`` standard
-        normal under key :data:`NOISE_KEY` (``noise_prior = (mean, std)``), through
+        Infer one noise variance in data space as well: ``exp(mean + std * xi)`` with ``xi``
+        standard normal under key :data:`NOISE_KEY` (``noise_prior = (mean, std)``), through
         ``ift.VariableCovarianceGaussianEnergy``.
+    image_shape : tuple of int, optional
+        The decoder's target on images (see :func:`decoder_operator`).
+    misfit : float, optional
+        Variance of the misfit ``m ~ N(0, misfit 1)`` on the decoder output, which the data
+        see through the response (:mod:`.noise`).
+    data_dim : int, optional
+        ``k``; default: from ``image_shape``, the response's domain or the data.
+
+    Returns
+    -------
+    ift.LikelihoodEnergyOperator
+        Named :data:`LIKELIHOOD_NAME`.
     """
-    data = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)
-    if response is None:
-        if data.ndim != 2:
-            raise ValueError(f"data must have shape (batch, data_dim), got {data.shape}")
-        data = as_data_batch(data, data.shape[1])
-        batch, data_dim = data.shape
-        signal = _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device)
-    else:
-        if not isinstance(response, ift.LinearOperator):
-            raise TypeError(f"response must be an ift.LinearOperator, got "
-                            f"{type(response).__name__}")
-        shape = response.domain.shape
-        if len(shape) != 2:
-            raise ValueError(f"the response's domain has shape {shape}; it must be the decoder "
-                             f"output (batch, data_dim)")
-        if not np.issubdtype(data.dtype, np.floating):
-            raise TypeError(f"data must be floating point, got dtype {data.dtype}")
-        if data.shape != response.target.shape:
-            raise ValueError(f"data have shape {data.shape}, the response's target has shape "
-                             f"{response.target.shape}")
-        if not np.all(np.isfinite(data)):
-            raise ValueError("data contain non-finite values")
-        data = data.astype(np.float64)
-        signal = response @ _latent_operator(decoder, shape[0], latent_dim, shape[1], dtype,
-                                             device)
+    if data_dim is None:
+        if image_shape is not None:
+            data_dim = int(np.prod(image_shape))
+        elif response is not None and isinstance(response, ift.LinearOperator):
+            data_dim = int(np.prod(response.domain.shape[1:]))
+        else:
+            shape = as_data(data).shape
+            data_dim = shape[-1] if shape else 0
+    signal, data = _signal(decoder, latent_dim, data_dim, data, response, dtype, device,
+                           image_shape)
     data_field = ift.makeField(signal.target, data)
     if infer_noise:
         mean, std = noise_prior
@@ -161,17 +267,18 @@ def decoder_likelihood(decoder, latent_dim, data, noise=1.0, response=None,
                      .ducktape_left("inverse_covariance"))
         energy = ift.VariableCovarianceGaussianEnergy(signal.target, "residual",
                                                       "inverse_covariance", np.float64)
-        return energy @ (residual + precision)
-    noise = float(noise)
-    if not noise > 0 or not np.isfinite(noise):
-        raise ValueError(f"noise variance must be positive and finite, got {noise}")
-    inverse_covariance = ift.ScalingOperator(signal.target, noise, np.float64).inverse
-    return ift.GaussianEnergy(data_field, inverse_covariance=inverse_covariance) @ signal
+        likelihood = energy @ (residual + precision)
+    else:
+        inverse_covariance = noise_inverse_covariance(signal.target, noise, misfit, response)
+        likelihood = (ift.GaussianEnergy(data_field, inverse_covariance=inverse_covariance)
+                      @ signal)
+    likelihood.name = LIKELIHOOD_NAME
+    return likelihood
 
 
 def FisherNetLikelihood(model, data, response=None, noise=None, dtype=torch.float64,
-                        infer_noise=False):
-    """Gaussian likelihood ``d = R(f_theta(z)) + n`` of a trained decoder, for NIFTy.
+                        infer_noise=False, image_shape=None, misfit=True):
+    """Gaussian likelihood ``d = R(f_theta(z) + m) + n`` of a trained decoder, for NIFTy.
 
     The latent prior is NIFTy's standard one (``ift.StandardHamiltonian`` adds ``|z|^2 / 2``),
     so with ``R = 1`` the Hamiltonian's metric is the FisherNet metric
@@ -182,34 +289,41 @@ def FisherNetLikelihood(model, data, response=None, noise=None, dtype=torch.floa
     ----------
     model : nifty_fishernet.models.LatentModel
         Trained model in eval mode (FisherNet or a VAE baseline).
-    data : array-like
-        ``(B, k)`` data for ``R = 1``, else ``(B,) + response.target.shape`` flattened as the
-        response's target; a single datum may be 1-D. B data are inferred jointly.
+    data : array-like or ift.Field
+        Without a response: ``(B, k)``, ``(B,) + image_shape`` or one datum; with a
+        response, of its target's shape. B data are inferred jointly.
     response : ift.LinearOperator, optional
-        Maps the decoder output domain ``UnstructuredDomain((B, k))`` to the data domain
-        (a mask, a blur, ...). Default: identity.
-    noise : float, optional
-        Noise variance; default the model's learned ``exp(xi_N)``.
+        Maps the decoder's target (flat ``(B, k)``, or images with ``image_shape``) to the
+        data domain (a mask, a blur, ...). Default: identity.
+    noise : float, array-like or ift.LinearOperator, optional
+        A measurement noise on top of the model's misfit: a variance, per-pixel variances
+        of the data's shape, or an inverse covariance operator on the data domain.
     dtype : torch.dtype
         Precision of the decoder evaluation.
     infer_noise : bool
-        Infer the noise variance too, as ``exp(xi_N)`` with the FisherNet's standard-normal
-        prior on ``xi_N`` (a second key, :data:`NOISE_KEY`, in the domain).
+        Infer the noise variance instead, as ``exp(xi_N)`` with the FisherNet's
+        standard-normal prior on ``xi_N`` (a second key, :data:`NOISE_KEY`), one variance in
+        data space.
+    image_shape : tuple of int, optional
+        The decoder's target on images (see :func:`decoder_operator`).
+    misfit : bool or float
+        The model's own misfit ``m ~ N(0, s 1)`` on the decoder output: True uses the
+        learned ``s = exp(xi_N)``, a float another variance, False none (then ``noise`` is
+        the whole noise). Through a response the data see ``R s R^T + N`` (:mod:`.noise`).
 
     Returns
     -------
     ift.LikelihoodEnergyOperator
         Domain ``MultiDomain({"latent": UnstructuredDomain((B, d))})`` (plus ``"xi_noise"``
-        when inferring the noise); it provides ``get_transformation`` (geoVI) and normalized
-        residuals.
+        when inferring the noise), named :data:`LIKELIHOOD_NAME`; it provides
+        ``get_transformation`` (geoVI) and normalized residuals.
     """
     _require_eval(model)
-    if response is None:
-        data = as_data_batch(data, model.data_dim)
-    elif isinstance(response, ift.LinearOperator) and (
-            len(response.domain.shape) != 2 or response.domain.shape[1] != model.data_dim):
-        raise ValueError(f"the response's domain has shape {response.domain.shape}; it must "
-                         f"be the decoder output (batch, {model.data_dim})")
-    variance = float(np.exp(model.noise.xi.item())) if noise is None else noise
-    return decoder_likelihood(model.decoder, model.latent_dim, data, variance, response,
-                              dtype=dtype, device=model.device, infer_noise=infer_noise)
+    if isinstance(misfit, bool):
+        misfit = float(np.exp(model.noise.xi.item())) if misfit else None
+    if infer_noise and noise is not None:
+        raise ValueError("infer_noise infers the noise variance: do not also give noise=")
+    return decoder_likelihood(model.decoder, model.latent_dim, data, noise, response,
+                              dtype=dtype, device=model.device, infer_noise=infer_noise,
+                              image_shape=image_shape, misfit=misfit,
+                              data_dim=model.data_dim)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import collections
 
-import nifty8 as ift
 import numpy as np
 import torch
+
+from .compat import ift, is_field, values
 
 __all__ = ["TorchOperator", "TorchJacobian"]
 
 
 def _to_torch(value, dtype, device):
+    if is_field(value):
+        value = values(value)
     if isinstance(value, dict):
         return {key: _to_torch(val, dtype, device) for key, val in value.items()}
-    # Field.val is a read-only view: copy before handing it to torch.
+    # Field values are read-only views: copy before handing them to torch.
     return torch.tensor(np.array(value), dtype=dtype, device=device)
 
 
@@ -35,7 +38,7 @@ def _cache_key(field):
     """Exact, hashable key of a Field's or MultiField's values."""
     if isinstance(field, ift.MultiField):
         return tuple((key, _cache_key(value)) for key, value in sorted(field.items()))
-    value = np.ascontiguousarray(field.val)
+    value = np.ascontiguousarray(values(field))
     return value.dtype.str, value.shape, value.tobytes()
 
 
@@ -55,7 +58,7 @@ class TorchJacobian(ift.LinearOperator):
 
     def apply(self, x, mode):
         self._check_input(x, mode)
-        value = _to_torch(x.val, self._dtype, self._device)
+        value = _to_torch(x, self._dtype, self._device)
         if mode == self.TIMES:
             return ift.makeField(self._target, _to_numpy(self._jvp(value)))
         return ift.makeField(self._domain, _to_numpy(self._vjp(value)))
@@ -153,10 +156,10 @@ class TorchOperator(ift.Operator):
             return x.new(value, jac) if linear else value
         if not linear:
             with torch.no_grad():
-                value = self._function(_to_torch(field.val, self._dtype, self._device))
+                value = self._function(_to_torch(field, self._dtype, self._device))
             self._check_output(value)
             return ift.makeField(self._target, _to_numpy(value))
-        point = _to_torch(field.val, self._dtype, self._device)
+        point = _to_torch(field, self._dtype, self._device)
         if self._row_jacobian is not None:
             value, jac = self._explicit_linearization(point)
         else:
@@ -200,7 +203,7 @@ class TorchOperator(ift.Operator):
         return ift.makeField(self._target, _to_numpy(value)), jac
 
     def _simplify_for_constant_input_nontrivial(self, c_inp):
-        constants = _to_torch(c_inp.val, self._dtype, self._device)
+        constants = _to_torch(c_inp, self._dtype, self._device)
         function = self._function
 
         def with_constants(x):
