@@ -182,6 +182,7 @@ def noise_variance_operator(domain, mean=0.0, std=1.0):
 
 def _signal(decoder, latent_dim, data_dim, data, response, dtype, device, image_shape):
     """The model ``R f`` and the data on its target."""
+    decoder_target(1, data_dim, image_shape)  # a clear error for a wrong image_shape first
     if response is None:
         batch = _batch_of(data, data_dim, image_shape)
         signal = _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device,

@@ -21,10 +21,6 @@ from .compat import describe, ift, is_field, values
 
 __all__ = ["noise_inverse_covariance", "MarginalInverseCovariance", "is_co_isometry"]
 
-#: Keys of the square root's target (see :meth:`MarginalInverseCovariance.get_sqrt`).
-MISFIT_PART, MEASUREMENT_PART = "misfit", "measurement"
-
-
 def _positive_variance(variance, domain, what):
     """A scalar or an array of ``domain``'s shape, positive and finite, as float or array."""
     if is_field(variance):
@@ -129,9 +125,8 @@ class MarginalInverseCovariance(ift.EndomorphicOperator):
     Notes
     -----
     Samples: ``s ~ N(0, C)`` is ``R (sqrt(s) xi) + n`` with ``n ~ N(0, N)``, and ``C^{-1} s``
-    has covariance ``C^{-1}``. The square root (for geoVI) is
-    ``T x = (sqrt(s) R^T C^{-1} x, S^{-T} C^{-1} x)`` into two parts, where ``S^T S = N^{-1}``:
-    ``T^T T = C^{-1} (s R R^T + N) C^{-1} = C^{-1}``.
+    has covariance ``C^{-1}``. The square root (geoVI's transformation, normalised residuals)
+    is the symmetric ``C^{-1/2}``, by the Lanczos method.
     """
 
     def __init__(self, response, misfit, noise_inverse, controller=None):
@@ -174,7 +169,7 @@ class MarginalInverseCovariance(ift.EndomorphicOperator):
         return sample if from_inverse else self._solve(sample)
 
     def get_sqrt(self):
-        return _MarginalSqrt(self)
+        return _InverseSqrt(self)
 
 
 class _Endomorphism(ift.EndomorphicOperator):
@@ -190,26 +185,51 @@ class _Endomorphism(ift.EndomorphicOperator):
         return self._function(x)
 
 
-class _MarginalSqrt(ift.LinearOperator):
-    """``T`` with ``T^T T = C^{-1}`` (see :class:`MarginalInverseCovariance`)."""
+class _InverseSqrt(ift.EndomorphicOperator):
+    """``C^{-1/2}`` of a :class:`MarginalInverseCovariance`, by the Lanczos method.
 
-    def __init__(self, inverse):
+    Symmetric, so ``S^T S = C^{-1}``. ``C^{-1/2} x`` is approximated in the Krylov space of
+    ``C`` and ``x`` (``|x| V_k T_k^{-1/2} e_1``, fully reorthogonalised), grown until the
+    result changes by less than ``tolerance`` relative: as exact as the conjugate gradients
+    behind ``C^{-1}``.
+    """
+
+    def __init__(self, inverse, tolerance=1e-12, iteration_limit=500):
         self._inverse = inverse
-        self._root = inverse._noise_inverse.get_sqrt()
         self._domain = inverse.domain
-        self._target = ift.makeDomain({MISFIT_PART: inverse._response.domain,
-                                       MEASUREMENT_PART: self._root.target})
-        self._capability = self.TIMES | self.ADJOINT_TIMES
+        self._capability = self._all_ops
+        self._tolerance, self._limit = float(tolerance), int(iteration_limit)
 
     def apply(self, x, mode):
         self._check_input(x, mode)
-        scale = np.sqrt(self._inverse._misfit)
-        response = self._inverse._response
-        if mode == self.TIMES:
-            solved = self._inverse(x)
-            return ift.MultiField.from_dict({
-                MISFIT_PART: scale * response.adjoint(solved),
-                MEASUREMENT_PART: self._root.adjoint.inverse(solved)})
-        combined = (scale * response(x[MISFIT_PART])
-                    + self._root.inverse(x[MEASUREMENT_PART]))
-        return self._inverse(combined)
+        power = -0.5 if mode in (self.TIMES, self.ADJOINT_TIMES) else 0.5
+        return ift.makeField(self._domain, self._matrix_power(values(x), power))
+
+    def _matrix_power(self, x, power):
+        shape, x = x.shape, x.ravel()
+        norm = np.linalg.norm(x)
+        if norm == 0:
+            return np.zeros(shape)
+        basis, alphas, betas = [x / norm], [], []
+        previous = None
+        for k in range(min(self._limit, x.size)):
+            w = values(self._inverse._covariance(
+                ift.makeField(self._domain, basis[k].reshape(shape)))).ravel()
+            alphas.append(float(basis[k] @ w))
+            for vector in basis:  # full reorthogonalisation
+                w = w - (vector @ w) * vector
+            tridiagonal = (np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+            eigenvalues, eigenvectors = np.linalg.eigh(tridiagonal)
+            coefficients = eigenvectors @ (eigenvalues ** power * eigenvectors[0])
+            result = norm * np.stack(basis, axis=1) @ coefficients
+            beta = float(np.linalg.norm(w))
+            converged = previous is not None and (np.linalg.norm(result - previous)
+                                                  <= self._tolerance * np.linalg.norm(result))
+            # The whole space spanned (exact), or an invariant subspace reached (exact too).
+            if converged or k + 1 == x.size or beta <= 1e-14 * abs(alphas[0]):
+                return result.reshape(shape)
+            previous = result
+            betas.append(beta)
+            basis.append(w / beta)
+        raise RuntimeError(f"the Lanczos iteration for C^{power} did not converge in "
+                           f"{self._limit} steps")
