@@ -59,6 +59,8 @@ def _likelihood_forms(model, rng):
             model, images, response=smoothing, noise=0.05, image_shape=IMAGE),
         "blur + per-pixel noise": FisherNetLikelihood(
             model, images, response=blur, noise=per_pixel, image_shape=IMAGE),
+        "mixing response + noise (conjugate gradients)": FisherNetLikelihood(
+            model, rng.uniform(size=7), response=_Mixing(batch), noise=0.05),
         "mask + noise": FisherNetLikelihood(
             model, images[:, :2].reshape(-1), noise=0.01, image_shape=IMAGE,
             response=pixel_mask(np.arange(12).reshape(IMAGE) >= 8, batch=batch,
@@ -86,19 +88,39 @@ def _dense(operator):
     return np.stack(columns, axis=1)
 
 
-def test_marginal_covariance_is_response_misfit_plus_noise():
-    """C^{-1} of C = R s R^T + N: its matrix, its draws' covariance and its square root."""
-    blur = gaussian_blur(1, IMAGE, sigma=0.8)
-    noise = np.random.default_rng(1).uniform(0.02, 0.1, size=(1, 12))
-    inverse = noise_inverse_covariance(blur.target, noise, misfit=0.3, response=blur)
+class _Mixing(ift.LinearOperator):
+    """A dense random response from the flat decoder target to ``rows`` values (no batch
+    axis, so the covariance is not per image: the conjugate-gradient path)."""
+
+    def __init__(self, batch=1, rows=7):
+        self._domain = decoder_target(batch, 12)
+        self._target = ift.makeDomain(ift.UnstructuredDomain(rows))
+        self._matrix = np.random.default_rng(5).normal(size=(rows, batch * 12)) / 4
+        self._capability = self.TIMES | self.ADJOINT_TIMES
+
+    def apply(self, x, mode):
+        self._check_input(x, mode)
+        if mode == self.TIMES:
+            return ift.makeField(self._target, self._matrix @ values(x).ravel())
+        return ift.makeField(self._domain, (self._matrix.T @ values(x)).reshape(
+            self._domain.shape))
+
+
+@pytest.mark.parametrize("kind", ["per-image blur", "mixing matrix"])
+def test_marginal_covariance_is_response_misfit_plus_noise(kind):
+    """C^{-1} of C = R s R^T + N: its matrix, its draws' covariance and its square root,
+    exact per image (blur) or by conjugate gradients and Lanczos (mixing)."""
+    response = gaussian_blur(1, IMAGE, sigma=0.8) if kind == "per-image blur" else _Mixing()
+    noise = np.random.default_rng(1).uniform(0.02, 0.1, size=response.target.shape)
+    inverse = noise_inverse_covariance(response.target, noise, misfit=0.3, response=response)
     assert isinstance(inverse, MarginalInverseCovariance)
     # NIFTy's own check of get_sqrt demands 1e-15, beyond iterative solvers (CG and Lanczos
     # agree to ~1e-13 here); chained with a scaling, the operator is checked without it, and the
     # square root is checked against the dense C^{-1} below.
     ift.extra.check_linear_operator(inverse @ ift.ScalingOperator(inverse.domain, 2.0),
                                     atol=1e-10, rtol=1e-10)
-    response = _dense(blur)
-    covariance = 0.3 * response @ response.T + np.diag(noise.ravel())
+    matrix = _dense(response)
+    covariance = 0.3 * matrix @ matrix.T + np.diag(noise.ravel())
     np.testing.assert_allclose(_dense(inverse), np.linalg.inv(covariance), rtol=1e-8,
                                atol=1e-8)
     root = inverse.get_sqrt()
@@ -107,7 +129,7 @@ def test_marginal_covariance_is_response_misfit_plus_noise():
     np.testing.assert_allclose(_dense(root) @ _dense(root), np.linalg.inv(covariance),
                                rtol=1e-8, atol=1e-8)
     # Draws from C^{-1}: n = 4000, entries' relative error ~ sqrt(2 / n) = 2 %; allow 8 %
-    # of the largest entry (Frobenius over 144 entries).
+    # (Frobenius, relative to the whole matrix).
     draws = np.stack([values(inverse.draw_sample()).ravel() for _ in range(4000)])
     target = np.linalg.inv(covariance)
     assert np.linalg.norm(np.cov(draws.T) - target) < 0.08 * np.linalg.norm(target)

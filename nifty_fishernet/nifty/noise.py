@@ -109,7 +109,7 @@ def noise_inverse_covariance(domain, noise=None, misfit=None, response=None,
 
 
 class MarginalInverseCovariance(ift.EndomorphicOperator):
-    """``C^{-1}`` with ``C = R (s 1) R^T + N``, applied by conjugate gradients.
+    """``C^{-1}`` with ``C = R (s 1) R^T + N``: per image exactly, else by conjugate gradients.
 
     Parameters
     ----------
@@ -126,7 +126,10 @@ class MarginalInverseCovariance(ift.EndomorphicOperator):
     -----
     Samples: ``s ~ N(0, C)`` is ``R (sqrt(s) xi) + n`` with ``n ~ N(0, N)``, and ``C^{-1} s``
     has covariance ``C^{-1}``. The square root (geoVI's transformation, normalised residuals)
-    is the symmetric ``C^{-1/2}``, by the Lanczos method.
+    is the symmetric ``C^{-1/2}``. Where ``C`` acts on each image alone (a blur per image,
+    per-pixel noise; checked by probing), both come from per-image eigen-decompositions,
+    exact; otherwise ``C^{-1}`` is applied by conjugate gradients and ``C^{-1/2}`` by the
+    Lanczos method, to ``controller``'s precision.
     """
 
     def __init__(self, response, misfit, noise_inverse, controller=None):
@@ -144,12 +147,24 @@ class MarginalInverseCovariance(ift.EndomorphicOperator):
             controller = ift.GradientNormController(tol_rel_gradnorm=1e-12,
                                                     iteration_limit=2000)
         self._controller = controller
+        self._blocks = _image_blocks(self._covariance, self._domain)
 
     def _covariance(self, x):
         misfit = self._misfit * self._response(self._response.adjoint(x))
         return misfit + self._noise_inverse.inverse(x)
 
+    def _power(self, x, power):
+        """``C^power x`` from the per-image eigen-decompositions."""
+        eigenvalues, eigenvectors = self._blocks
+        shape = self._domain.shape
+        x = values(x).reshape(shape[0], -1, 1)
+        rotated = np.swapaxes(eigenvectors, -1, -2) @ x
+        result = eigenvectors @ (eigenvalues[..., None] ** power * rotated)
+        return ift.makeField(self._domain, result.reshape(shape))
+
     def _solve(self, x):
+        if self._blocks is not None:
+            return self._power(x, -1.0)
         covariance = _Endomorphism(self._domain, self._covariance)
         energy = ift.QuadraticEnergy(ift.full(self._domain, 0.0), covariance, x)
         energy, _ = ift.ConjugateGradient(self._controller)(energy)
@@ -170,6 +185,40 @@ class MarginalInverseCovariance(ift.EndomorphicOperator):
 
     def get_sqrt(self):
         return _InverseSqrt(self)
+
+
+def _image_blocks(covariance, domain, largest=4096):
+    """Per-image eigen-decompositions of ``C``, or None.
+
+    Where the data domain has a leading batch axis and ``C`` acts on each of the B images
+    alone (a blur applied per image, per-pixel noise), ``C`` is block-diagonal: ``m`` probes
+    (the unit vector of pixel ``j`` in every image at once) give all B ``m x m`` blocks,
+    checked by one random probe; then ``C^{-1}`` and ``C^{-1/2}`` are exact and cheap.
+    Otherwise (coupled images, more than ``largest`` values per image) None: conjugate
+    gradients and Lanczos instead.
+    """
+    shape = domain.shape
+    if len(domain) < 1 or len(shape) < 2 or int(np.prod(shape[1:])) > largest:
+        return None
+    batch, pixels = shape[0], int(np.prod(shape[1:]))
+    columns = []
+    for j in range(pixels):
+        unit = np.zeros((batch, pixels))
+        unit[:, j] = 1.0
+        probe = ift.makeField(domain, unit.reshape(shape))
+        columns.append(values(covariance(probe)).reshape(batch, pixels))
+    blocks = np.stack(columns, axis=-1)
+    probe = np.random.default_rng(0).normal(size=(batch, pixels, 1))
+    expected = values(covariance(ift.makeField(domain, probe.reshape(shape))))
+    if not np.allclose((blocks @ probe).reshape(shape), expected, rtol=1e-10,
+                       atol=1e-12 * np.abs(expected).max()):
+        return None  # the images are coupled
+    blocks = 0.5 * (blocks + np.swapaxes(blocks, -1, -2))
+    if np.all(blocks == blocks[:1]):  # one response and noise for all: decompose once
+        eigenvalues, eigenvectors = np.linalg.eigh(blocks[0])
+        return (np.broadcast_to(eigenvalues, (batch, pixels)),
+                np.broadcast_to(eigenvectors, (batch, pixels, pixels)))
+    return np.linalg.eigh(blocks)
 
 
 class _Endomorphism(ift.EndomorphicOperator):
@@ -203,6 +252,8 @@ class _InverseSqrt(ift.EndomorphicOperator):
     def apply(self, x, mode):
         self._check_input(x, mode)
         power = -0.5 if mode in (self.TIMES, self.ADJOINT_TIMES) else 0.5
+        if self._inverse._blocks is not None:
+            return self._inverse._power(x, power)
         return ift.makeField(self._domain, self._matrix_power(values(x), power))
 
     def _matrix_power(self, x, power):
