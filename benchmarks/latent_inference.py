@@ -7,9 +7,9 @@ and the ratio against the first B, measured in the same run; every B covers at l
 lower than at B = 1. ``--baseline`` adds NIFTy's ``optimize_kl`` unchanged (Newton-CG and plain
 sampling CG, ``blockwise=False``) for comparison with the default (``blockwise=True``).
 
-The model is a d = 5 FisherNet trained on Fashion-MNIST (5 epochs on 12,000 images, noise
-level calibrated with ``noise_lr=1e-2``) unless ``--checkpoint`` names a trained one, e.g.
-``output/fashion_mnist/models/FisherNet_d5.h5``::
+The model is ``nf.quick_fishernet(5, --checkpoint)``: the given checkpoint, else the main
+job's newest ``output/fashion_mnist/models/FisherNet_d5_*.h5``, else the quick recipe
+(5 epochs on 12,000 images, kept in the user cache)::
 
     python benchmarks/latent_inference.py [--batches 1 16 128] [--checkpoint PATH]
         [--dtypes float32 float64] [--repeats 2] [--baseline]
@@ -42,22 +42,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def trained_model(checkpoint):
-    if checkpoint is not None:
-        return nf.load(checkpoint).eval()
-    train, _ = nf.load_fashion_mnist("train")
-    test, _ = nf.load_fashion_mnist("test")
-    torch.manual_seed(0)
-    model = nf.FisherNet(5)
-    nf.train(model, train[:12000], test[:1000], epochs=5, lr=1e-3, device="cpu", seed=0,
-             noise_lr=1e-2, progress=False)
-    print(f"# trained d=5 FisherNet: noise std {model.noise_std:.4f}")
-    return model.eval()
-
 
 def main(argv=None):
     args = parse_args(argv)
-    model = trained_model(args.checkpoint)
+    model, source = nf.quick_fishernet(5, args.checkpoint)
+    print(f"# model: {source}, noise std {model.noise_std:.4f}")
     test, _ = nf.load_fashion_mnist("test")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; MGVI, {args.n_samples} sample pairs, "

@@ -10,8 +10,8 @@ the true latent by its 68 % / 95 % regions on ``--sims`` data simulated from the
 itself (``nifty_fishernet.calibration``), so cost and honesty are read together.
 
 The model is the main job's d = 5 FisherNet (``--checkpoint``; default: the newest
-``output/fashion_mnist/models/FisherNet_d5_*.h5``), else one trained here as the main job's
-quick setting trains it::
+``output/fashion_mnist/models/FisherNet_d5_*.h5``), else ``nf.quick_fishernet``'s quick
+recipe (kept in the user cache)::
 
     python benchmarks/refined_posterior.py [--batch 128] [--checkpoint PATH]
         [--draws 256 1024]
@@ -20,14 +20,11 @@ quick setting trains it::
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import platform
 import time
 
 import torch
 
-import latent_inference  # the sibling benchmark's model recipe
 import nifty_fishernet as nf
 from nifty_fishernet import calibration as cal
 
@@ -44,19 +41,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def trained_model(checkpoint):
-    """The given checkpoint, else the main job's newest d = 5 FisherNet, else the latent
-    inference benchmark's quick recipe (trained here)."""
-    if checkpoint is None:
-        found = sorted(glob.glob("output/fashion_mnist/models/FisherNet_d5_*.h5"),
-                       key=os.path.getmtime)
-        checkpoint = found[-1] if found else None
-        if checkpoint is None:
-            print("# no trained d=5 FisherNet in output/fashion_mnist: training one here")
-    if checkpoint is not None:
-        print(f"# model: {checkpoint}")
-    return latent_inference.trained_model(checkpoint)
-
 
 def best_time(function, repeats):
     best = float("inf")
@@ -70,7 +54,8 @@ def best_time(function, repeats):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(1)
-    model = trained_model(args.checkpoint)
+    model, source = nf.quick_fishernet(5, args.checkpoint)
+    print(f"# model: {source}")
     test, _ = nf.load_fashion_mnist("test")
     x = torch.from_numpy(test[:args.batch])
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "

@@ -13,8 +13,8 @@ deviation, two samples).
 
 The model is ``--checkpoint`` (default: the newest d = 5 FisherNet of
 ``demos/fashion_mnist.py``, ``output/fashion_mnist/models/FisherNet_d5_<key>.h5``); if there
-is none, a d = 5 FisherNet is trained here with the quick demo's settings (5 epochs, 12,000
-images, lr 1e-3, noise_lr 1e-2) and saved into the output folder::
+is none, ``nf.quick_fishernet`` trains one with the quick demo's settings (5 epochs, 12,000
+images, lr 1e-3, noise_lr 1e-2) and keeps it in the user cache::
 
     python demos/inpainting.py [--checkpoint PATH]
 """
@@ -57,23 +57,6 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
-
-def load_or_train(path, out, seed):
-    if path is None:
-        found = sorted(Path("output/fashion_mnist/models").glob("FisherNet_d5_*.h5"),
-                       key=lambda candidate: candidate.stat().st_mtime)
-        path = found[-1] if found else out / "FisherNet_d5.h5"
-    if path.exists():
-        return nf.load(path).eval(), str(path)
-    train, _ = nf.load_fashion_mnist("train")
-    test, _ = nf.load_fashion_mnist("test")
-    torch.manual_seed(seed)
-    model = nf.FisherNet(5)
-    nf.train(model, train[:12000], test[:1000], epochs=5, lr=1e-3, noise_lr=1e-2, device="cpu",
-             seed=seed)
-    saved = out / "FisherNet_d5.h5"
-    model.save(saved)
-    return model.eval(), f"{saved} (trained here)"
 
 
 def decoder_misfit(model, n=1000):
@@ -157,7 +140,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model, source = load_or_train(args.checkpoint, args.out, args.seed)
+    model, source = nf.quick_fishernet(5, args.checkpoint)
     test, _ = nf.load_fashion_mnist("test")
     truth = test[:args.n_images].astype(np.float64)
     rng = np.random.default_rng(args.seed)

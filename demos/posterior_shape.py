@@ -14,15 +14,14 @@ Writes ``posterior_shape.json`` into the output folder::
 
     python demos/posterior_shape.py [--checkpoint PATH] [--n 300] [--out output/posterior_shape]
 
-Default model: the main job's newest ``output/fashion_mnist/models/FisherNet_d5_*.h5``.
+Default model: the main job's newest ``output/fashion_mnist/models/FisherNet_d5_*.h5``, else
+``nf.quick_fishernet``'s quick recipe.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +47,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        found = sorted(glob.glob("output/fashion_mnist/models/FisherNet_d5_*.h5"),
-                       key=os.path.getmtime)
-        if not found:
-            raise SystemExit("no trained FisherNet d=5: run `python demos/fashion_mnist.py` "
-                             "or pass --checkpoint")
-        checkpoint = found[-1]
-    model = nf.load(checkpoint).eval().double()
+    model, checkpoint = nf.quick_fishernet(5, args.checkpoint)
+    model = model.double()
     d = model.latent_dim
     truth, x = cal.simulate(model, args.n, seed=args.seed)
     precision = model.noise.precision.detach()

@@ -19,6 +19,7 @@ from .nifty import (FisherNetLikelihood, LatentPosterior, TorchOperator, decoder
                     decoder_operator, default_minimizers, encoder_position, infer_latents,
                     latent_posterior)
 from .training import TrainingDivergedError, train
+from .pretrained import quick_fishernet
 from . import evaluation  # noqa: E402  (after the modules it uses)
 from .evaluation import sample_quality  # noqa: E402
 
@@ -34,7 +35,7 @@ __all__ = [
     # data, training, evaluation, checkpoints
     "load_fashion_mnist", "DatasetNotFoundError", "train", "TrainingDivergedError",
     "reconstruction_mse", "fid", "feature_statistics", "save", "load", "load_checkpoint",
-    "Checkpoint", "CheckpointError",
+    "Checkpoint", "CheckpointError", "quick_fishernet",
     # sample quality (Table 1)
     "evaluation", "sample_quality",
     # latent densities

@@ -5,6 +5,12 @@ import torch
 import nifty_fishernet as nf
 
 
+def pytest_report_header(config):
+    from nifty_fishernet.nifty.compat import NIFTY, NIFTY_VERSION
+
+    return f"NIFTy: {NIFTY} {NIFTY_VERSION}"
+
+
 def random_fishernet(latent_dim=3, data_dim=12, hidden=16, layers=2, xi=-1.5, seed=0, gain=3.0,
                      **kw):
     """A small float64 FisherNet in eval mode whose metric is far from the identity.

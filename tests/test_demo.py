@@ -126,6 +126,7 @@ def test_interrupted_fashion_mnist_run_resumes(tmp_path, monkeypatch):
     assert (out / "summary.md").is_file()
 
 
+@pytest.mark.nifty
 def test_toy_comparison_demo_smoke(tmp_path):
     import toy_comparison
 
@@ -158,6 +159,7 @@ def test_toy_comparison_demo_smoke(tmp_path):
     assert "| geoVI (true f) |" in (out / "table.md").read_text()
 
 
+@pytest.mark.nifty
 def test_inpainting_demo_smoke(tmp_path):
     import inpainting
     import nifty_fishernet as nf
@@ -188,3 +190,33 @@ def test_posterior_shape_demo_smoke(tmp_path):
     assert (tmp_path / "shape" / "posterior_shape.json").stat().st_size > 100
     assert 0 <= report["lower_mode_from_truth_fraction"] <= 1
     assert set(report["mahalanobis2_in_laplace"]) == set(report["chi2"])
+
+
+@pytest.mark.nifty
+def test_nifty_prior_demo_smoke(tmp_path):
+    import nifty_prior
+
+    checkpoint = tmp_path / "fishernet.h5"
+    nf.FisherNet(5, hidden=32, layers=1).save(checkpoint)  # untrained: the plumbing only
+    out = tmp_path / "prior"
+    report = nifty_prior.main(["--out", str(out), "--checkpoint", str(checkpoint),
+                               "--n-images", "2", "--n-samples", "1", "--iterations", "1"])
+    for name in ("nifty_prior.json", "summary.md", "nifty_prior.png"):
+        assert (out / name).stat().st_size > 200, name
+    rows = report["results"]
+    assert set(rows) == {"encoder on counts / exposure", "FisherNet + background (mgvi)",
+                         "FisherNet + background (geovi)", "correlated field only (mgvi)"}
+    for name, row in rows.items():
+        assert 0 < row["object_mse"] < 1 and 0 < row["object_mse_masked"] < 1, name
+        if name != "encoder on counts / exposure":
+            assert 0 <= row["sky_within_1sigma"] <= row["sky_within_2sigma"] <= 1, name
+    assert report["model"] == str(checkpoint)
+
+
+def test_quick_fishernet_loads_the_given_checkpoint_and_refuses_a_missing_one(tmp_path):
+    checkpoint = tmp_path / "given.h5"
+    nf.FisherNet(3, hidden=16, layers=1).save(checkpoint)
+    model, source = nf.quick_fishernet(3, checkpoint)
+    assert model.latent_dim == 3 and not model.training and source == str(checkpoint)
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        nf.quick_fishernet(3, tmp_path / "missing.h5")

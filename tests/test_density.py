@@ -8,6 +8,8 @@ import nifty_fishernet as nf
 from nifty_fishernet.density import GridTooLargeError
 from nifty_fishernet.metrics import energy_distance_test
 
+pytestmark = pytest.mark.nifty  # CI runs these on nifty8 and on nifty.cl
+
 MEANS = np.array([[-2.0, 0.0], [1.5, 1.0], [0.5, -2.0]])
 WEIGHTS = np.array([0.4, 0.35, 0.25])
 COVS = [np.array([[0.5, 0.3], [0.3, 0.6]]), np.array([[0.3, -0.1], [-0.1, 0.4]]),

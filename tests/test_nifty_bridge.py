@@ -11,6 +11,8 @@ from nifty_fishernet.nifty.compat import hamiltonian_options, values
 from nifty_fishernet.nifty.blocks import BlockPreconditioner, PreconditionedHamiltonian
 from nifty_fishernet.nifty.inference import latent_posterior, metric_blocks
 
+pytestmark = pytest.mark.nifty  # CI runs these on nifty8 and on nifty.cl
+
 
 @pytest.fixture(autouse=True)
 def nifty_seed():

@@ -13,6 +13,8 @@ from nifty_fishernet.nifty import (LIKELIHOOD_NAME, FisherNetLikelihood,
                                    noise_inverse_covariance, pixel_mask)
 from nifty_fishernet.nifty.compat import values
 
+pytestmark = pytest.mark.nifty  # CI runs these on nifty8 and on nifty.cl
+
 IMAGE = (3, 4)
 
 

@@ -14,6 +14,8 @@ from nifty_fishernet.toy import (LatentGrid, banana_problem, compare_on_grid,
                                  exact_log_posterior, gaussian_log_density, geovi_log_density,
                                  random_mlp_problem)
 
+pytestmark = pytest.mark.nifty  # CI runs these on nifty8 and on nifty.cl
+
 
 class LinearDecoder(torch.nn.Module):
     def __init__(self, matrix):

@@ -189,16 +189,23 @@ class BlockNewton(ift.DescentMinimizer):
         Relative residual ``|M p + g| / |g|`` above which the block solution is rejected.
     cg_iterations : int
         At most this many preconditioned CG iterations per Newton step (further keys only).
+    energy_reduction_factor : float
+        Further keys only: CG stops when an iteration lowers the quadratic model by less than
+        this fraction of the previous Newton step's energy decrease (as ``ift.NewtonCG``).
     """
 
-    def __init__(self, controller, check_tolerance=1e-6, cg_iterations=200):
+    def __init__(self, controller, check_tolerance=1e-6, cg_iterations=200,
+                 energy_reduction_factor=0.1):
         super().__init__(controller, ift.LineSearch(preferred_initial_step_size=1.0))
         self._fallback = ift.NewtonCG(controller)
         self._tolerance = float(check_tolerance)
         self._cg_iterations = int(cg_iterations)
+        self._reduction = float(energy_reduction_factor)
 
     def get_descent_direction(self, energy, old_value=None):
         metric, gradient = energy.metric, energy.gradient
+        if LATENT_KEY not in gradient.domain.keys():  # no latent blocks to use
+            return self._fallback.get_descent_direction(energy, old_value)
         preconditioner = BlockPreconditioner(metric)
         factors = preconditioner.factors()
         if factors is None:
@@ -209,8 +216,14 @@ class BlockNewton(ift.DescentMinimizer):
             if residual <= self._tolerance * gradient.norm():
                 return step
             return self._fallback.get_descent_direction(energy, old_value)
-        controller = ift.GradientNormController(tol_rel_gradnorm=self._tolerance,
-                                                iteration_limit=self._cg_iterations)
+        # Truncated as in ift.NewtonCG: a few iterations for the first step, later ones stop
+        # once an iteration lowers the quadratic model by less than a fraction of what the
+        # last Newton step gained; solving to full precision far from the optimum is wasted.
+        if old_value is None:
+            controller = ift.GradientNormController(iteration_limit=5)
+        else:
+            controller = ift.AbsDeltaEnergyController(
+                self._reduction * (old_value - energy.value), iteration_limit=self._cg_iterations)
         newton = ift.QuadraticEnergy(ift.full(gradient.domain, 0.0), metric, -gradient)
         newton, _ = ift.ConjugateGradient(controller)(newton, preconditioner)
         return newton.position

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-__all__ = ["ift", "NIFTY", "ENVIRONMENT_VARIABLE", "values", "is_field", "describe",
+__all__ = ["ift", "NIFTY", "NIFTY_VERSION", "ENVIRONMENT_VARIABLE", "values", "is_field", "describe",
            "hamiltonian_options", "iteration_randomness"]
 
 #: The environment variable that picks the NIFTy generation.
@@ -46,6 +46,8 @@ def _import_nifty():
 
 #: The module name of the NIFTy in use: ``"nifty8"`` or ``"nifty.cl"``.
 NIFTY, ift = _import_nifty()
+#: Its version (``nifty.cl`` carries the version of its package ``nifty``).
+NIFTY_VERSION = importlib.import_module(NIFTY.split(".")[0]).__version__
 
 
 def is_field(value):

@@ -95,37 +95,14 @@ def as_data(data, shape=None):
 def _batch_of(data, data_dim, image_shape):
     """B of decoder-space data: ``(B, k)``, ``(B,) + image_shape``, or one datum."""
     data = as_data(data)
-    single = [(data_dim,)] + ([tuple(image_shape)] if image_shape is not None else [])
-    if data.shape in single:
+    shapes = [(data_dim,)] + ([tuple(image_shape)] if image_shape is not None else [])
+    if data.shape in shapes:
         return 1
-    batched = [(data_dim,)] + ([tuple(image_shape)] if image_shape is not None else [])
-    if data.ndim >= 2 and data.shape[1:] in batched:
+    if data.ndim >= 2 and data.shape[1:] in shapes:
         return data.shape[0]
-    expected = " or ".join(f"(B, {', '.join(map(str, s))})" for s in batched)
+    expected = " or ".join(f"(B, {', '.join(map(str, s))})" for s in shapes)
     raise ValueError(f"data must have shape {expected} (one datum: without B), got "
                      f"{data.shape}")
-
-
-def _require_eval(model):
-    if model.training:
-        raise RuntimeError(f"the {type(model).__name__} is in training mode; call model.eval() "
-                           f"so that its decoder is a fixed function during inference")
-
-
-def _frozen(decoder, dtype):
-    """A copy of ``decoder`` in ``dtype`` with gradients off.
-
-    A copy, so that the caller's model keeps its dtype and trainability, and the NIFTy
-    operator (which caches linearizations) sees fixed weights.
-    """
-    if isinstance(decoder, torch.nn.Module):
-        parameters = list(decoder.parameters())
-        decoder = copy.deepcopy(decoder)
-        if parameters and parameters[0].dtype != dtype:
-            decoder = decoder.to(dtype)
-        for p in decoder.parameters():
-            p.requires_grad_(False)
-    return decoder
 
 
 def decoder_operator(model, batch, dtype=torch.float64, image_shape=None):

@@ -208,6 +208,65 @@ def variational_inference(likelihood, initial_position, method, n_samples, total
     return (None if method == "map" else samples), position
 
 
+class _SampleAverage(ift.EndomorphicOperator):
+    """The mean of self-adjoint operators (one metric per sample)."""
+
+    def __init__(self, operators):
+        self._domain = operators[0].domain
+        self._operators = operators
+        self._capability = self.TIMES | self.ADJOINT_TIMES
+
+    def apply(self, x, mode):
+        self._check_input(x, mode)
+        total = self._operators[0](x)
+        for operator in self._operators[1:]:
+            total = total + operator(x)
+        return total / len(self._operators)
+
+
+class LinearizedOnceKL(ift.Energy):
+    """A sampled KL (``ift.SampledKLEnergy``) whose metric is linearised once per position.
+
+    NIFTy's sampled KL linearises the Hamiltonian at every sample for every application of
+    its metric, so each conjugate-gradient iteration of a Newton step re-runs the whole model
+    (decoder Jacobian, FFTs). The metric at a fixed position is one linear operator: here it
+    is built once per position and reused by all iterations. Values, gradients and samples
+    are the wrapped energy's.
+    """
+
+    def __init__(self, energy, hamiltonian):
+        super().__init__(energy.position)
+        self._energy = energy
+        self._hamiltonian = hamiltonian
+        self._metric = None
+
+    @property
+    def value(self):
+        return self._energy.value
+
+    @property
+    def gradient(self):
+        return self._energy.gradient
+
+    @property
+    def samples(self):
+        return self._energy.samples
+
+    def at(self, position):
+        return LinearizedOnceKL(self._energy.at(position), self._hamiltonian)
+
+    @property
+    def metric(self):
+        if self._metric is None:
+            self._metric = _SampleAverage([
+                self._hamiltonian(ift.Linearization.make_var(sample, want_metric=True)).metric
+                for sample in self._energy.samples.iterator()])
+        return self._metric
+
+    def apply_metric(self, x):
+        return self.metric(x)
+
+
 def _sampled_kl_loop(likelihood, position, total_iterations, n_samples, kl_minimizer,
                      sampling, nonlinear, callback):
     """``ift.optimize_kl``'s inference steps with a :class:`PreconditionedHamiltonian`.
@@ -223,7 +282,7 @@ def _sampled_kl_loop(likelihood, position, total_iterations, n_samples, kl_minim
         with randomness:
             energy = ift.SampledKLEnergy(position, hamiltonian, n_samples, nonlinear,
                                          mirror_samples=True)
-            energy, _ = kl_minimizer(energy)
+            energy, _ = kl_minimizer(LinearizedOnceKL(energy, hamiltonian))
         position = energy.position
         samples = energy.samples
         if callback is not None:

@@ -1,0 +1,78 @@
+"""A trained Fashion-MNIST FisherNet for demos, benchmarks and tests that need one.
+
+One recipe, used everywhere: the main job's quick setting (5 epochs on the first 12,000
+training images, Adam at lr 1e-3, ``xi_N`` at 1e-2, batch 64). The demos prefer the main
+job's own models (``demos/fashion_mnist.py`` writes ``FisherNet_d<d>_<key>.h5``) and fall back
+to this recipe, trained once and kept in the user cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load
+from .data import load_fashion_mnist, user_cache_dir
+from .models import FisherNet
+from .training import train
+
+#: The main job's quick setting (``demos/fashion_mnist.py --quick``).
+QUICK_RECIPE = dict(epochs=5, n_train=12000, n_test=1000, lr=1e-3, noise_lr=1e-2,
+                    batch_size=64)
+MAIN_JOB_MODELS = Path("output/fashion_mnist/models")
+
+
+def newest_checkpoint(latent_dim, directory=MAIN_JOB_MODELS, model="FisherNet"):
+    """The newest ``<model>_d<latent_dim>_*.h5`` in ``directory``, or ``None``."""
+    found = sorted(Path(directory).glob(f"{model}_d{int(latent_dim)}_*.h5"),
+                   key=lambda candidate: candidate.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progress=False):
+    """A trained FisherNet: the given checkpoint, the main job's newest, or the quick recipe.
+
+    Parameters
+    ----------
+    latent_dim : int
+        Latent dimension ``d``.
+    checkpoint : path-like, optional
+        Load this file (it must exist). Default: the newest ``FisherNet_d<d>_*.h5`` of the main
+        job in ``output/fashion_mnist/models``, else the quick recipe.
+    cache_dir : path-like, optional
+        Where the quick recipe's model is kept (default: the user cache,
+        ``~/.cache/nifty_fishernet/models``); a second call loads it instead of training.
+    seed : int
+        Seed of the quick recipe (initial weights, shuffling, sampling noise).
+    progress : bool
+        Show the training's progress bar.
+
+    Returns
+    -------
+    model : FisherNet
+        In evaluation mode, on the CPU.
+    source : str
+        Where it came from, for reports.
+    """
+    if checkpoint is None:
+        checkpoint = newest_checkpoint(latent_dim)
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        return load(checkpoint).eval(), str(checkpoint)
+    recipe = QUICK_RECIPE
+    folder = Path(cache_dir) if cache_dir is not None else user_cache_dir("models")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"FisherNet_d{int(latent_dim)}_quick_seed{int(seed)}.h5"
+    torch.manual_seed(seed)
+    model = FisherNet(int(latent_dim))
+    train_images, _ = load_fashion_mnist("train")
+    test_images, _ = load_fashion_mnist("test")
+    # train() resumes from a complete checkpoint without training: the cache hit.
+    train(model, train_images[:recipe["n_train"]], test_images[:recipe["n_test"]],
+          epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+          noise_lr=recipe["noise_lr"], device="cpu", seed=seed, checkpoint=path,
+          progress=progress)
+    return model.eval(), f"{path} (quick recipe, seed {seed})"
