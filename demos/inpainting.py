@@ -46,8 +46,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("output/inpainting"))
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="default: the newest d = 5 FisherNet of demos/fashion_mnist.py in "
-                             "output/fashion_mnist/models, else one trained here")
+                        help="a trained d = 5 FisherNet; default: nf.quick_fishernet(5)")
     parser.add_argument("--n-images", type=int, default=8)
     parser.add_argument("--noise-std", type=float, default=0.1,
                         help="standard deviation of the noise added to the observation")

@@ -63,8 +63,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("output/nifty_prior"))
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a trained d = 5 FisherNet; default: the newest of "
-                             "demos/fashion_mnist.py, else one trained here")
+                        help="a trained d = 5 FisherNet; default: nf.quick_fishernet(5)")
     parser.add_argument("--n-images", type=int, default=4)
     parser.add_argument("--exposure", type=float, default=30.0,
                         help="expected counts per unit intensity")

@@ -50,6 +50,7 @@ from tqdm import tqdm  # noqa: E402
 
 import nifty_fishernet as nf  # noqa: E402
 from nifty_fishernet.nifty import decoder_likelihood, infer_latents, metric_blocks  # noqa: E402
+from nifty_fishernet.nifty.compat import values  # noqa: E402
 from nifty_fishernet.toy import (LatentGrid, banana_problem, compare_on_grid,  # noqa: E402
                                  exact_log_posterior, gaussian_log_density, geovi_log_density,
                                  in_hpd_region, random_mlp_problem)
@@ -187,7 +188,7 @@ def approximations(problem, models, x, grid, log_p, args):
             ("geoVI (learned f)", learned_lh, "geovi", mu.numpy())]
     for name, likelihood, method, initial in runs:
         result = infer_latents(likelihood, initial, method, **kw)
-        expansion = torch.tensor(result.position["latent"].val)
+        expansion = torch.tensor(values(result.position["latent"]))
         true = "true" in name
         decoder, noise = ((problem.decoder, problem.noise_variance) if true
                           else (fishernet.decoder, learned_noise))

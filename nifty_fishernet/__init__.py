@@ -13,7 +13,8 @@ from .density import (GaussianMixtureDensity, GridTooLargeError, LatentDensity, 
 from .fisher import (decoder_jacobian, draw_metric_noise, inverse_metric_offsets_cg,
                      inverse_metric_offsets_cholesky, metric_from_jacobian, principal_axes)
 from .metrics import feature_statistics, fid, reconstruction_mse
-from .models import (MLP, ConvVAE, FisherNet, LatentModel, RefinedPosterior, RefineOptions,
+from .models import (MLP, ConvVAE, FisherNet, LatentModel, PosteriorNetwork, RefinedPosterior,
+                     RefineOptions, fit_posterior_network,
                      VAE, refine_posterior)
 from .nifty import (FisherNetLikelihood, LatentPosterior, TorchOperator, decoder_likelihood,
                     decoder_operator, default_minimizers, encoder_position, infer_latents,
@@ -29,6 +30,8 @@ __all__ = [
     "LatentModel", "FisherNet", "VAE", "ConvVAE", "MLP",
     # refined posteriors
     "RefineOptions", "RefinedPosterior", "refine_posterior",
+    # an amortized posterior fitted to a model's own simulations
+    "PosteriorNetwork", "fit_posterior_network",
     # Fisher-metric math
     "decoder_jacobian", "metric_from_jacobian", "draw_metric_noise",
     "inverse_metric_offsets_cholesky", "inverse_metric_offsets_cg", "principal_axes",

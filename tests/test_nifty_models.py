@@ -238,6 +238,34 @@ def test_further_keys_agree_with_optimize_kl():
         assert error.max() < 1e-3, (key, error.max())  # measured 8e-6 sigma
 
 
+def test_kl_metric_linearised_once_equals_nifty_s():
+    """The sampled KL whose metric is linearised once per position applies the same metric
+    as NIFTy's, which re-linearises at every application (float64: to rounding)."""
+    from nifty_fishernet.nifty.blocks import PreconditionedHamiltonian
+    from nifty_fishernet.nifty.compat import hamiltonian_options
+    from nifty_fishernet.nifty.vi import LinearizedOnceKL
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+                                  torch.nn.Linear(16, 12)).double().eval()
+    decoder = TorchOperator(ift.UnstructuredDomain((3, 2)), decoder_target(3, 12),
+                            network).ducktape("latent")
+    likelihood = _with_background(decoder, np.random.default_rng(3))
+    hamiltonian = PreconditionedHamiltonian(likelihood, ift.GradientNormController(
+        iteration_limit=50), **hamiltonian_options(likelihood.domain))
+    position = ift.from_random(likelihood.domain)
+    with ift.random.Context(5):
+        energy = ift.SampledKLEnergy(position, hamiltonian, 2, None, mirror_samples=True)
+    once = LinearizedOnceKL(energy, hamiltonian)
+    assert once.value == energy.value
+    for seed in range(3):
+        probe = ift.from_random(likelihood.domain)
+        expected, got = energy.metric(probe), once.metric(probe)
+        assert (got - expected).norm() <= 1e-12 * expected.norm()
+    moved = once.at(position + 0.1 * ift.from_random(likelihood.domain))
+    assert isinstance(moved, LinearizedOnceKL) and moved.value != once.value
+
+
 def test_encoder_position_is_the_encoder_mean_as_a_multifield():
     model = _model()
     images = np.random.default_rng(4).uniform(size=(3, 12))

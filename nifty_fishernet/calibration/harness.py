@@ -57,6 +57,17 @@ def _batched(x, batch_size, function):
     return [torch.cat(values) for values in zip(*parts)]
 
 
+def _posterior_of(model, method):
+    """``x -> (mean, covariance)`` of a method: options of ``model.posterior`` or a callable
+    (e.g. a :class:`~nifty_fishernet.models.PosteriorNetwork`'s ``posterior``)."""
+    if callable(method):
+        return method
+    if not isinstance(method, dict):
+        raise TypeError(f"a method is a dict of model.posterior options or a callable "
+                        f"x -> (mean, covariance), got {type(method).__name__}")
+    return lambda part: model.posterior(part, **method)
+
+
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
               n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256,
               exact_options=None, nifty_options=None, progress=True):
@@ -69,7 +80,8 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     real_images : array-like
         ``(n, k)`` test images in [0, 1]; the first ``n_real`` are used.
     methods : dict, optional
-        ``{name: keyword arguments of model.posterior}`` (default :data:`DEFAULT_METHODS`).
+        ``{name: keyword arguments of model.posterior}`` (default :data:`DEFAULT_METHODS`);
+        a value may also be a callable ``x -> (mean, covariance)``.
     nifty : sequence of {"mgvi", "geovi"}
         NIFTy methods (:func:`nifty_fishernet.latent_posterior`, from the encoder's mean) to
         run on the first ``n_nifty`` simulated data (SBC of their samples) and on the
@@ -122,8 +134,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     for name, options in methods.items():
         began = time.perf_counter()
         with torch.no_grad():
-            mean, cov = _batched(x, batch_size,
-                                 lambda part, o=options: model.posterior(part, **o))
+            mean, cov = _batched(x, batch_size, _posterior_of(model, options))
         seconds = (time.perf_counter() - began) / x.shape[0]
         draws = _gaussian_draws(mean, cov, rank_draws, generator)
         out["simulated"][name] = {
@@ -187,7 +198,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
             out["real"]["exact"]["ess"] = _quantiles(exact.ess.numpy())
         for name, method_options in methods.items():
             with torch.no_grad():
-                mean, cov = model.posterior(real, **method_options)
+                mean, cov = _posterior_of(model, method_options)(real)
             metrics = compare_to_exact(model, real, exact, mean, cov, seed=seed)
             out["real"][name] = {key: _quantiles(value) for key, value in metrics.items()}
         for method in nifty:

@@ -18,7 +18,8 @@ from .blocks import BlockNewton, PreconditionedHamiltonian
 from .compat import describe, hamiltonian_options, ift, iteration_randomness
 from .likelihood import LATENT_KEY
 
-__all__ = ["METHODS", "default_minimizers", "variational_inference", "check_iterations"]
+__all__ = ["METHODS", "default_minimizers", "variational_inference", "check_iterations",
+           "LinearizedOnceKL"]
 
 #: Metric Gaussian VI, geometric VI, maximum a posteriori (with a Laplace covariance).
 METHODS = ("mgvi", "geovi", "map")
