@@ -124,7 +124,8 @@ def run(args):
         decoder = decoder + model.noise_std * ift.FieldAdapter(decoder.target, "misfit")
     decoder = decoder.clip(0.0, None)
     sky = decoder + background
-    likelihood = ift.PoissonianEnergy(data) @ (exposure * response @ sky)
+    # the PSF's FFTs can round a vanishing sky to tiny negative rates: floor them
+    likelihood = ift.PoissonianEnergy(data) @ (exposure * response @ sky).clip(1e-12, None)
     # masked pixels 0, PSF kept
     observed = values(response.adjoint(ift.makeField(response.target, counts / exposure)))
     start = nf.encoder_position(model, observed.reshape(batch, -1), domain=likelihood.domain)
@@ -169,7 +170,8 @@ def run(args):
     if not args.no_field_only:
         field = background_model(batch, "sky_", offset=0.2, fluctuations=(1.0, 0.5),
                                  slope=(-2.5, 0.5))
-        field_likelihood = ift.PoissonianEnergy(data) @ (exposure * response @ field)
+        field_likelihood = (ift.PoissonianEnergy(data)
+                            @ (exposure * response @ field).clip(1e-12, None))
         began = time.perf_counter()
         controllers = nf.default_minimizers("mgvi", batch, blockwise=False)
         samples, _ = nf.nifty.variational_inference(
