@@ -8,8 +8,8 @@ the prior's), with a learned noise level ``N = exp(xi_N) 1``.
 from ._version import __version__
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .data import DatasetNotFoundError, load_fashion_mnist
-from .density import (GaussianMixtureDensity, GridTooLargeError, LatentDensity, MaternKDE,
-                      load_density)
+from .density import (FlowDensity, GaussianMixtureDensity, GridTooLargeError, LatentDensity,
+                      MaternKDE, load_density)
 from .fisher import (decoder_jacobian, draw_metric_noise, inverse_metric_offsets_cg,
                      inverse_metric_offsets_cholesky, metric_from_jacobian, principal_axes)
 from .metrics import feature_statistics, fid, reconstruction_mse
@@ -42,7 +42,8 @@ __all__ = [
     # sample quality (Table 1)
     "evaluation", "sample_quality",
     # latent densities
-    "LatentDensity", "MaternKDE", "GaussianMixtureDensity", "GridTooLargeError", "load_density",
+    "LatentDensity", "MaternKDE", "GaussianMixtureDensity", "FlowDensity", "GridTooLargeError",
+    "load_density",
     # NIFTy bridge
     "TorchOperator", "FisherNetLikelihood", "decoder_likelihood", "latent_posterior",
     "infer_latents", "LatentPosterior", "decoder_operator", "encoder_position",

@@ -38,10 +38,11 @@ def mixture_data():
 def fitted(mixture_data):
     train = mixture_data[0]
     return {"MaternKDE": nf.MaternKDE(cells_per_axis=40).fit(train),
-            "GaussianMixtureDensity": nf.GaussianMixtureDensity().fit(train)}
+            "GaussianMixtureDensity": nf.GaussianMixtureDensity().fit(train),
+            "FlowDensity": nf.FlowDensity().fit(train)}
 
 
-@pytest.mark.parametrize("name", ["MaternKDE", "GaussianMixtureDensity"])
+@pytest.mark.parametrize("name", ["MaternKDE", "GaussianMixtureDensity", "FlowDensity"])
 def test_heldout_log_density_is_close_to_the_true_one(fitted, mixture_data, name):
     """Mean held-out log-density within 0.15 nats of the true density's.
 
@@ -54,7 +55,7 @@ def test_heldout_log_density_is_close_to_the_true_one(fitted, mixture_data, name
     assert abs(gap) < 0.15, gap
 
 
-@pytest.mark.parametrize("name", ["MaternKDE", "GaussianMixtureDensity"])
+@pytest.mark.parametrize("name", ["MaternKDE", "GaussianMixtureDensity", "FlowDensity"])
 def test_samples_pass_a_two_sample_test_against_true_draws(fitted, mixture_data, name):
     """400 draws vs 400 true draws: energy-distance permutation p-value above 0.01.
 
@@ -66,6 +67,16 @@ def test_samples_pass_a_two_sample_test_against_true_draws(fitted, mixture_data,
     single = np.random.default_rng(2).multivariate_normal(
         mixture_data[0].mean(0), np.cov(mixture_data[0].T), size=400)
     assert energy_distance_test(single, mixture_data[2], permutations=300)[1] < 0.01
+
+
+def test_flow_keeps_its_best_heldout_epoch(fitted):
+    flow = fitted["FlowDensity"]
+    assert flow.history[flow.best_epoch] == max(flow.history)
+    assert len(flow.history) <= flow.best_epoch + flow.patience + 1
+    with pytest.raises(ValueError, match="hidden must be a positive integer"):
+        nf.FlowDensity(hidden=0)
+    with pytest.raises(ValueError, match="held_out"):
+        nf.FlowDensity(held_out=1.0)
 
 
 def test_mixture_size_is_chosen_by_heldout_likelihood(fitted):
@@ -134,7 +145,8 @@ def test_grid_budget_and_dimension_errors():
 
 @pytest.mark.parametrize("estimator", [lambda: nf.MaternKDE(cells_per_axis=8, n_samples=1,
                                                               iterations=1),
-                                       lambda: nf.GaussianMixtureDensity()])
+                                       lambda: nf.GaussianMixtureDensity(),
+                                       lambda: nf.FlowDensity(epochs=3)])
 def test_bad_input(estimator):
     density = estimator()
     with pytest.raises(RuntimeError, match="not fitted"):
@@ -159,7 +171,7 @@ def test_bad_input(estimator):
         density.sample(0)
 
 
-@pytest.mark.parametrize("name", ["MaternKDE", "GaussianMixtureDensity"])
+@pytest.mark.parametrize("name", ["MaternKDE", "GaussianMixtureDensity", "FlowDensity"])
 def test_saved_density_reads_back_identical(fitted, mixture_data, name, tmp_path):
     from nifty_fishernet.density import DensityFileError, load_density
 
