@@ -206,17 +206,22 @@ def _with_background(decoder, rng, batch=3):
     return energy @ signal
 
 
-def test_further_keys_agree_with_optimize_kl():
-    """The blockwise path (block-preconditioned CGs on the latent key) reaches what NIFTy's
-    own optimize_kl reaches on a model with a further part, from the same start and seed.
-    A smooth (tanh) decoder, so that both minimisers converge to one point: a ReLU decoder's
-    kinks stop NIFTy's line searches at different places."""
+def _smooth_model_with_background():
+    """A tanh decoder (B = 3, d = 2, 12 pixels) plus a background field under key "sky"."""
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
                                   torch.nn.Linear(16, 12)).double().eval()
     decoder = TorchOperator(ift.UnstructuredDomain((3, 2)), decoder_target(3, 12),
                             network).ducktape("latent")
-    likelihood = _with_background(decoder, np.random.default_rng(3))
+    return _with_background(decoder, np.random.default_rng(3))
+
+
+def test_further_keys_agree_with_optimize_kl():
+    """The blockwise path (block-preconditioned CGs on the latent key) reaches what NIFTy's
+    own optimize_kl reaches on a model with a further part, from the same start and seed.
+    A smooth (tanh) decoder, so that both minimisers converge to one point: a ReLU decoder's
+    kinks stop NIFTy's line searches at different places."""
+    likelihood = _smooth_model_with_background()
     start = ift.MultiField.from_dict({"latent": ift.full(likelihood.domain["latent"], 0.1),
                                       "sky": ift.full(likelihood.domain["sky"], 0.0)})
     ours = infer_latents(likelihood, start, "mgvi", n_samples=3, total_iterations=2,
@@ -245,12 +250,7 @@ def test_kl_metric_linearised_once_equals_nifty_s():
     from nifty_fishernet.nifty.compat import hamiltonian_options
     from nifty_fishernet.nifty.vi import LinearizedOnceKL
 
-    torch.manual_seed(0)
-    network = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
-                                  torch.nn.Linear(16, 12)).double().eval()
-    decoder = TorchOperator(ift.UnstructuredDomain((3, 2)), decoder_target(3, 12),
-                            network).ducktape("latent")
-    likelihood = _with_background(decoder, np.random.default_rng(3))
+    likelihood = _smooth_model_with_background()
     hamiltonian = PreconditionedHamiltonian(likelihood, ift.GradientNormController(
         iteration_limit=50), **hamiltonian_options(likelihood.domain))
     position = ift.from_random(likelihood.domain)
@@ -258,7 +258,7 @@ def test_kl_metric_linearised_once_equals_nifty_s():
         energy = ift.SampledKLEnergy(position, hamiltonian, 2, None, mirror_samples=True)
     once = LinearizedOnceKL(energy, hamiltonian)
     assert once.value == energy.value
-    for seed in range(3):
+    for _ in range(3):
         probe = ift.from_random(likelihood.domain)
         expected, got = energy.metric(probe), once.metric(probe)
         assert (got - expected).norm() <= 1e-12 * expected.norm()
