@@ -90,7 +90,7 @@ def train_models(problem, args):
         torch.manual_seed(args.seed)
         nf.train(model, x_train.float(), x_val.float(), args.epochs, batch_size=128, lr=3e-3,
                  noise_lr=args.noise_lr, device="cpu", seed=args.seed,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, value_range=None)  # f(z) + noise, not images
         models[name] = model.double().eval()
     return models
 

@@ -31,14 +31,31 @@ def resolve_device(device="auto"):
     return torch.device(device)
 
 
-def as_images(images, model, name):
-    """``images`` (numpy or torch) as a checked tensor in the model's dtype on the CPU."""
+def as_images(images, model, name, value_range=(0.0, 1.0)):
+    """``images`` (numpy, torch or a nested list) as a checked tensor in the model's dtype on
+    the CPU, with every value in ``value_range`` (None: any finite values).
+
+    Floating-point inputs of another precision are converted (numpy and torch alike); integer
+    images are refused, and so are images on another scale (0-255, or -1 to 1), which would
+    otherwise train silently against a decoder whose outputs lie in [0, 1].
+    """
+    if isinstance(images, (list, tuple)):
+        images = np.asarray(images)
     if isinstance(images, np.ndarray):
         if not np.issubdtype(images.dtype, np.floating):
             raise TypeError(f"{name} must be floating point (scaled to [0, 1]), got dtype "
                             f"{images.dtype}")
         images = torch.from_numpy(np.ascontiguousarray(images)).to(model.dtype)
+    elif isinstance(images, torch.Tensor) and images.is_floating_point():
+        images = images.to(model.dtype)
     check_data(images, model.data_dim, model.dtype, name)
+    if value_range is not None:
+        low, high = float(images.min()), float(images.max())
+        if low < value_range[0] or high > value_range[1]:
+            raise ValueError(f"{name} must be scaled to [{value_range[0]:g}, "
+                             f"{value_range[1]:g}], got values in [{low:.4g}, {high:.4g}]: "
+                             f"divide 8-bit images by 255, map [-1, 1] images by (x + 1) / 2 "
+                             f"(value_range=None for data that are not images)")
     return images
 
 
@@ -69,7 +86,8 @@ def _parameter_groups(model, lr, noise_lr):
 
 
 def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, device="auto",
-          seed=0, checkpoint=None, progress=True, noise_lr=None, resume=True):
+          seed=0, checkpoint=None, progress=True, noise_lr=None, resume=True,
+          value_range=(0.0, 1.0)):
     """Train a model with Adam and evaluate it on the test set after every epoch.
 
     Parameters
@@ -105,6 +123,10 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
     resume : bool
         False starts afresh even if ``checkpoint`` exists (it is replaced after the first
         epoch, so an interrupted restart leaves the old file or a newer one, never none).
+    value_range : tuple of float or None
+        Every image value must lie in this range (default [0, 1], what the decoders' sigmoid
+        outputs cover), so that 0-255 or [-1, 1] images are an error rather than a silently
+        bad training. None accepts any finite data (e.g. simulated data with noise).
 
     Returns
     -------
@@ -134,8 +156,8 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
     if int(batch_size) < context.world:
         raise ValueError(f"batch_size {batch_size} is smaller than the {context.world} "
                          f"processes it is split across")
-    train_x = as_images(train_images, model, "train_images").to(device)
-    test_x = as_images(test_images, model, "test_images").to(device)
+    train_x = as_images(train_images, model, "train_images", value_range).to(device)
+    test_x = as_images(test_images, model, "test_images", value_range).to(device)
     model.to(device)
     optimizer = torch.optim.Adam(_parameter_groups(model, lr, noise_lr), lr=lr)
     history = {key: [] for key in HISTORY_KEYS}

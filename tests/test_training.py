@@ -117,6 +117,23 @@ def test_bad_training_input(fmnist_small):
         nf.train(model, train_x, (test_x * 255).astype(np.uint8), epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"train_images must have shape \(batch, 784\)"):
         nf.train(model, train_x[:, :700], test_x, epochs=1, progress=False)
+    for scaled, seen in ((train_x * 255, r"\[0, 255\]"), (2 * train_x - 1, r"\[-1, 1\]")):
+        with pytest.raises(ValueError, match="train_images must be scaled to \\[0, 1\\], got "
+                                             "values in " + seen):
+            nf.train(model, scaled, test_x, epochs=1, progress=False)
+
+
+def test_training_takes_float64_torch_and_lists_like_numpy(fmnist_small):
+    """The same images as float32 numpy, float64 torch or a nested list train the same."""
+    train_x, test_x, _ = fmnist_small
+    histories = []
+    for train_images in (train_x[:128], torch.from_numpy(train_x[:128]).double(),
+                         train_x[:128].tolist()):
+        torch.manual_seed(0)
+        model = nf.VAE(2, hidden=16)
+        histories.append(nf.train(model, train_images, test_x[:50], epochs=1, lr=1e-3,
+                                  seed=0, progress=False)["test_mse"])
+    assert histories[0] == histories[1] == histories[2]
 
 
 def test_noise_lr_calibrates_the_noise_level_to_the_residuals(fmnist_small):
