@@ -84,12 +84,16 @@ class PosteriorNetwork(nn.Module):
 
     def log_prob(self, z, x):
         """``log q(z | x)`` per datum ``(B,)``."""
-        mean, chol = self(x)
-        white = torch.linalg.solve_triangular(chol, (z - mean).unsqueeze(-1),
-                                              upper=False).squeeze(-1)
-        log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        return -0.5 * (white ** 2).sum(-1) - log_det - 0.5 * self.latent_dim * math.log(
-            2 * math.pi)
+        return _gaussian_log_prob(z, *self(x))
+
+
+def _gaussian_log_prob(z, mean, chol):
+    """``log N(z; mean, chol chol^T)`` for ``z`` of shape ``(..., B, d)``: ``(..., B)``."""
+    diff = (z - mean).reshape(-1, *mean.shape).permute(1, 2, 0)  # (B, d, S)
+    white = torch.linalg.solve_triangular(chol, diff, upper=False)
+    squares = (white ** 2).sum(-2).permute(1, 0).reshape(z.shape[:-1])
+    log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * squares - log_det - 0.5 * mean.shape[-1] * math.log(2 * math.pi)
 
 
 def fit_posterior_network(model, steps=4000, batch_size=256, lr=1e-3, hidden=512, layers=2,
@@ -167,16 +171,12 @@ def _wake_loss(network, model, images, draws, batch, generator):
     index = torch.randint(0, images.shape[0], (batch,), generator=generator,
                           device=images.device)
     x = images[index]
+    mean, chol = network(x)  # one pass: the draws use it detached, the loss with gradients
     with torch.no_grad():
-        mean, chol = network(x)
         eps = torch.randn(draws, batch, network.latent_dim, generator=generator,
                           dtype=mean.dtype, device=mean.device)
         z = mean + torch.einsum("bij,sbj->sbi", chol, eps)
         value = model.decoder(z.reshape(-1, network.latent_dim)).reshape(draws, batch, -1)
         energy = latent_energy(x.unsqueeze(0), z, value, model.noise.precision.to(x.dtype))
-        # log q up to the constant shared by all draws: it cancels in the softmax
-        log_q = -0.5 * (eps ** 2).sum(-1) - torch.log(
-            torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        weights = torch.softmax(-energy - log_q, dim=0)
-    log_q = network.log_prob(z.reshape(-1, network.latent_dim), x.repeat(draws, 1))
-    return -(weights * log_q.reshape(draws, batch)).sum(0).mean()
+        weights = torch.softmax(-energy - _gaussian_log_prob(z, mean, chol), dim=0)
+    return -(weights * _gaussian_log_prob(z, mean, chol)).sum(0).mean()
