@@ -1,4 +1,5 @@
-"""Sample quality of trained models: the paper's Table 1 (FIDs), measured by us.
+"""Sample quality of trained models: the FIDs of the paper's Table 1 (its layout and the
+paper's values are in :mod:`nifty_fishernet.experiments.fashion_mnist`).
 
 For each model and latent dimension: the FID of the test reconstructions (from the encoder
 mean), of decoded N(0, 1) latents, and of decoded draws from latent density estimators fitted
@@ -8,11 +9,9 @@ all against the test images; plus the real-vs-real floor (training vs test image
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,27 +23,10 @@ from .density import (DensityFileError, GaussianMixtureDensity, GridTooLargeErro
 from .metrics.features import CLASSIFIER_FILE
 from .metrics.fid import feature_statistics, fid
 
-__all__ = ["sample_quality", "table1_markdown", "write_table1", "PAPER_TABLE1", "encode_means",
-           "decode_latents", "jsonable"]
-
-#: Table 1 of the paper: Inception FIDs against the Fashion-MNIST test set, 10^4 images.
-#: "CVAE" in the paper is the convolutional VAE.
-PAPER_TABLE1 = {
-    "FisherNet": {"rec": {2: 116, 5: 80, 10: 68, 15: 61, 20: 57},
-                  "sample": {2: 116, 5: 110, 10: 124, 15: 135, 20: 148},
-                  "mkde": {2: 116, 5: 85}},
-    "VAE": {"rec": {2: 125, 5: 97, 10: 98, 15: 97, 20: 97},
-            "sample": {2: 125, 5: 99, 10: 100, 15: 102, 20: 100}},
-    "ConvVAE": {"rec": {2: 151, 5: 95, 10: 86, 15: 87, 20: 90},
-                "sample": {2: 152, 5: 95, 10: 89, 15: 92, 20: 100}},
-}
+__all__ = ["sample_quality", "encode_means", "decode_latents", "jsonable"]
 
 #: Part of every cache key: raise it when a change alters the numbers of an entry.
 EVALUATION_VERSION = 1
-
-QUANTITIES = {"rec": "test reconstructions", "sample": "N(0,1) samples",
-              "mkde": "Matérn KDE samples", "gmm": "Gaussian-mixture samples"}
-
 
 def _batches(n, size):
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
@@ -248,32 +230,6 @@ def _quality_entry(model, train_images, test_images, against_test, estimators, r
     return entry, fitted
 
 
-def _cell(ours, paper):
-    text = "–" if ours is None else f"{ours:.1f}"
-    return text if paper is None else f"{text} ({paper})"
-
-
-def table1_markdown(quality):
-    """Table 1 as markdown: our FIDs with the paper's in parentheses."""
-    dims = sorted({d for by_dim in quality["results"].values() for d in by_dim})
-    lines = [f"FID against {quality['n_images']} test images, {quality['features']} features "
-             f"(paper's values in parentheses: Inception features, 10,000 images; comparable "
-             f"only with features='inception'). Real-vs-real floor (train vs test): "
-             f"{quality['floor']:.2f}.", "",
-             "| model | FID of | " + " | ".join(f"d={d}" for d in dims) + " |",
-             "|---|---|" + "---|" * len(dims)]
-    for name, by_dim in quality["results"].items():
-        paper = PAPER_TABLE1.get(name, {})
-        for key, label in QUANTITIES.items():
-            values = [by_dim.get(d, {}).get(key) for d in dims]
-            papers = [paper.get(key, {}).get(d) for d in dims]
-            if all(v is None for v in values) and all(p is None for p in papers):
-                continue
-            cells = [_cell(v, p) for v, p in zip(values, papers)]
-            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def jsonable(value):
     """``value`` with numpy scalars as Python numbers, dict keys as strings, NaN/inf as None."""
     if isinstance(value, dict):
@@ -285,14 +241,3 @@ def jsonable(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def write_table1(quality, folder):
-    """Write ``table1.json`` and ``table1.md`` into ``folder``; returns their paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = folder / "table1.json", folder / "table1.md"
-    record = dict(quality, paper=PAPER_TABLE1)
-    json_path.write_text(json.dumps(jsonable(record), indent=1))
-    md_path.write_text(table1_markdown(quality))
-    return json_path, md_path

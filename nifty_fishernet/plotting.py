@@ -9,7 +9,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 __all__ = ["plot_latent_density", "plot_against_dimension", "plot_latent_means",
-           "plot_uncertainty_ellipses", "plot_image_rows", "plot_calibration"]
+           "plot_uncertainty_ellipses", "plot_image_rows", "plot_calibration", "plot_histories"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -180,6 +180,30 @@ def plot_uncertainty_ellipses(posteriors, path, classes=None, labels=None):
         ax.set_xlabel("$z_1$")
         ax.autoscale_view()
     axes[0].set_ylabel("$z_2$")
+    return _save(fig, path)
+
+
+def plot_histories(histories, key, path, ylabel=None):
+    """Fig. 3: a training curve per model, one panel per latent dimension.
+
+    Parameters
+    ----------
+    histories : dict
+        ``{d: {model name: history}}``, a history holding ``"epoch"`` and ``key`` lists.
+    key : str
+        The quantity plotted (e.g. ``"test_mse"``), on a log axis.
+    """
+    dims = list(histories)
+    fig = Figure(figsize=(4.5 * len(dims), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(dims)))
+    for ax, d in zip(axes, dims):
+        for name, history in histories[d].items():
+            ax.plot(history["epoch"], history[key], marker="o", ms=3, label=name)
+        ax.set(title=f"latent dimension {d}", xlabel="epoch", ylabel=ylabel or key,
+               yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -2,8 +2,9 @@
 
 One recipe, used everywhere: the main job's quick setting (5 epochs on the first 12,000
 training images, Adam at lr 1e-3, ``xi_N`` at 1e-2, batch 64). The demos prefer the main
-job's own models (``demos/fashion_mnist.py`` writes ``FisherNet_d<d>_<key>.h5``) and fall back
-to this recipe, trained once and kept in the user cache.
+job's own quick model where it has finished training (found where the experiment writes it,
+:func:`nifty_fishernet.experiments.fashion_mnist.trained_model_path`) and fall back to this
+recipe, trained once and kept in the user cache.
 """
 
 from __future__ import annotations
@@ -12,22 +13,26 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load
+from .checkpoint import CheckpointError, load, load_checkpoint
 from .data import load_fashion_mnist, user_cache_dir
+from .experiments.fashion_mnist.settings import (DEFAULT_OUT, SETTINGS, TRAINING_KEYS,
+                                                 trained_model_path)
 from .models import FisherNet
 from .training import train
 
-#: The main job's quick setting (``demos/fashion_mnist.py --quick``).
-QUICK_RECIPE = dict(epochs=5, n_train=12000, n_test=1000, lr=1e-3, noise_lr=1e-2,
-                    batch_size=64)
-MAIN_JOB_MODELS = Path("output/fashion_mnist/models")
+#: The main job's quick setting; its model is trained on the first ``n_train`` training images
+#: (the main job takes a seeded permutation) and tested on the first ``n_test`` test images.
+QUICK_RECIPE = dict({key: SETTINGS["quick"][key] for key in TRAINING_KEYS}, n_test=1000)
 
 
-def newest_checkpoint(latent_dim, directory=MAIN_JOB_MODELS, model="FisherNet"):
-    """The newest ``<model>_d<latent_dim>_*.h5`` in ``directory``, or ``None``."""
-    found = sorted(Path(directory).glob(f"{model}_d{int(latent_dim)}_*.h5"),
-                   key=lambda candidate: candidate.stat().st_mtime)
-    return found[-1] if found else None
+def main_job_model(latent_dim, out=DEFAULT_OUT, seed=0, name="FisherNet"):
+    """The main job's quick model of ``latent_dim`` if it has finished training, else None."""
+    path = trained_model_path(name, latent_dim, "quick", seed, out)
+    try:
+        state = load_checkpoint(path).training_state or {}
+    except (FileNotFoundError, CheckpointError):
+        return None
+    return path if state.get("epochs_done") == SETTINGS["quick"]["epochs"] else None
 
 
 def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progress=False):
@@ -38,8 +43,8 @@ def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progr
     latent_dim : int
         Latent dimension ``d``.
     checkpoint : path-like, optional
-        Load this file (it must exist). Default: the newest ``FisherNet_d<d>_*.h5`` of the main
-        job in ``output/fashion_mnist/models``, else the quick recipe.
+        Load this file (it must exist). Default: the main job's quick FisherNet of this ``d``
+        and seed if it has finished training (:func:`main_job_model`), else the quick recipe.
     cache_dir : path-like, optional
         Where the quick recipe's model is kept (default: the user cache,
         ``~/.cache/nifty_fishernet/models``); a second call loads it instead of training.
@@ -56,7 +61,7 @@ def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progr
         Where it came from, for reports.
     """
     if checkpoint is None:
-        checkpoint = newest_checkpoint(latent_dim)
+        checkpoint = main_job_model(latent_dim, seed=seed)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.exists():

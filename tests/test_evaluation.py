@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import nifty_fishernet as nf
-from nifty_fishernet.evaluation import (PAPER_TABLE1, decode_latents, sample_quality,
-                                        table1_markdown, write_table1)
+from nifty_fishernet.evaluation import decode_latents, sample_quality
+from nifty_fishernet.experiments.fashion_mnist import (PAPER_TABLE1, table1_markdown,
+                                                       write_table1)
 from nifty_fishernet.plotting import plot_latent_density
 
 

@@ -1,21 +1,17 @@
 """The markdown summary of a Fashion-MNIST run: our measurements beside the paper's values.
 
 The last step of the flow data -> models -> training -> evaluation -> report: it reads the
-run's record (the ``results.json`` of ``demos/fashion_mnist.py``) and writes ``summary.md``.
+run's record (``results.json``, all parts merged) and writes ``summary.md``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluation import table1_markdown
+from .paper import PAPER_VAE_MSE_EXCESS, PAPER_VAE_MSE_PLATEAU
+from .table1 import table1_markdown
 
-__all__ = ["summary_markdown", "write_summary", "calibration_markdown", "PAPER_VAE_MSE_EXCESS", "PAPER_VAE_MSE_PLATEAU"]
-
-#: Paper, Sect. 3.1.2 (Fig. 2, 50 epochs): the VAE's test MSE minus the FisherNet's.
-PAPER_VAE_MSE_EXCESS = {2: 2e-4, 3: 7.5e-4}
-#: Paper, Sect. 3.1.2: the VAE's test MSE "fluctuates around" this value for larger d.
-PAPER_VAE_MSE_PLATEAU = 0.0175
+__all__ = ["summary_markdown", "write_summary", "calibration_markdown"]
 
 
 def _table(rows, dims, header, fmt):
@@ -37,7 +33,9 @@ def summary_markdown(report):
         ``n_train``, ``lr``, ``noise_lr``, ``batch_size``), ``seed``, ``device``, ``torch``,
         ``threads``, ``machine``, ``wall_seconds``, ``results`` (``{model: {str(d):
         {"test_mse", "seconds_per_epoch", "noise_std"}}}``) and optionally ``table1`` (from
-        :func:`~nifty_fishernet.evaluation.sample_quality`) and ``figures`` (file names).
+        :func:`~nifty_fishernet.evaluation.sample_quality`), ``calibration``, ``figures``
+        (file names) and ``parts`` (one record per separately run part: ``command``,
+        ``cells``, ``device``, ``threads``, ``wall_seconds``).
     """
     setting, results = report["setting"], report["results"]
     dims = list(setting["dims"])
@@ -46,25 +44,40 @@ def summary_markdown(report):
         return {name: {d: runs.get(str(d), {}).get(key) for d in dims}
                 for name, runs in results.items()}
 
-    lines = [f"# FisherNet on Fashion-MNIST: {report['mode']} run", "",
-             f"Command: `{report.get('command', 'python demos/fashion_mnist.py')}`", "",
-             f"- {setting['epochs']} epochs on {setting['n_train']:,} training images, batch "
-             f"{setting['batch_size']}, Adam lr {setting['lr']:g} (noise level: "
-             f"{setting['lr'] if setting['noise_lr'] is None else setting['noise_lr']:g}), "
-             f"seed {report['seed']}",
-             f"- device {report['device']}, torch {report['torch']} ({report['threads']} "
-             f"threads), {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
-             f"(work found finished in the output folder is not redone and not counted)", "",
-             f"## Test MSE (Eq. 32-33) after {setting['epochs']} epochs", ""]
+    lines = [f"# FisherNet on Fashion-MNIST: {report['mode']} run", ""]
+    parts = report.get("parts", [])
+    if len(parts) > 1:
+        lines += [f"Run in {len(parts)} parts, merged (each part's command below).", ""]
+    else:
+        lines += [f"Command: `{report.get('command', 'python demos/fashion_mnist.py')}`", ""]
+    lines += [f"- {setting['epochs']} epochs on {setting['n_train']:,} training images, batch "
+              f"{setting['batch_size']}, Adam lr {setting['lr']:g} (noise level: "
+              f"{setting['lr'] if setting['noise_lr'] is None else setting['noise_lr']:g}), "
+              f"seed {report['seed']}",
+              f"- device {report['device']}, torch {report['torch']} ({report['threads']} "
+              f"threads), {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
+              f"(work found finished in the output folder is not redone and not counted)", ""]
+    if len(parts) > 1:
+        lines += ["| part | command | models × d | device, threads | wall time |",
+                  "|---|---|---|---|---|"]
+        for number, part in enumerate(parts, 1):
+            cells = ", ".join(f"{name} d={d}" for name, d in part["cells"])
+            lines.append(f"| {number} | `{part['command']}` | {cells or '–'} | "
+                         f"{part['device']}, {part['threads']} | "
+                         f"{part['wall_seconds'] / 60:.1f} min |")
+        lines.append("")
+    lines += [f"## Test MSE (Eq. 32-33) after {setting['epochs']} epochs", ""]
     lines += _table(per_model("test_mse"), dims, "model", lambda v: f"{v:.5f}")
-    if "FisherNet" in results and "VAE" in results:
+    both = [d for d in dims if str(d) in results.get("FisherNet", {})
+            and str(d) in results.get("VAE", {})]
+    if both:
         excess = {d: results["VAE"][str(d)]["test_mse"] - results["FisherNet"][str(d)]["test_mse"]
-                  for d in dims}
+                  for d in both}
         cells = {d: f"{excess[d]:+.2e}" + (f" ({PAPER_VAE_MSE_EXCESS[d]:+.1e})"
-                                           if d in PAPER_VAE_MSE_EXCESS else "") for d in dims}
+                                           if d in PAPER_VAE_MSE_EXCESS else "") for d in both}
         lines += ["", "VAE minus FisherNet, ours (paper's in parentheses, Sect. 3.1.2, 50 epochs):",
                   ""]
-        lines += _table({"test MSE of the VAE minus the FisherNet's": cells}, dims, "", str)
+        lines += _table({"test MSE of the VAE minus the FisherNet's": cells}, both, "", str)
         lines += ["", f"The paper's VAE plateaus near MSE {PAPER_VAE_MSE_PLATEAU} for larger d."]
     lines += ["", "## Seconds per training epoch", ""]
     lines += _table(per_model("seconds_per_epoch"), dims, "model", lambda v: f"{v:.1f}")

@@ -1,0 +1,343 @@
+"""The Fashion-MNIST experiment end to end: train the model grid, Table 1, calibration,
+figures and the summary; one part at a time if need be (see :mod:`.merge`).
+
+Writes into the output folder:
+
+- ``results.json``: settings, every part's command, and per model and latent dimension the
+  training history (test MSE, test loss, noise level, seconds per epoch);
+- ``mse_per_epoch.png``: test MSE (Eq. 32-33) per epoch, one panel per latent dimension;
+- ``reconstructions.png``: test images beside each model's reconstruction from ``mu``;
+- ``table1.json``, ``table1.md``: the paper's Table 1 measured by us (FIDs of test
+  reconstructions, of N(0,1) samples, of Matérn-KDE samples for d <= 5 and of Gaussian-mixture
+  samples for every d), beside the paper's values; with ``inception_images`` also the
+  reconstructions' and N(0,1) samples' FIDs with Inception features on that many images;
+- ``latent_density.png``: the paper's Fig. 9, the FisherNet's d = 2 Matérn KDE with the
+  test means, and samples drawn from it;
+- the paper's other figures: ``fig1_fishernet_loss.png`` (loss against d),
+  ``fig2_mse_vs_d.png``, ``mse_per_epoch.png`` (Fig. 3), ``fig4_latent_means_d2.png``,
+  ``fig5_ellipses_one_image.png`` and ``fig5_reconstructions_along_axes.png``,
+  ``fig6_shoe_ellipses.png``, ``fig7/fig8_normal_samples_d<d>.png`` (d = 2 and 15, or the
+  largest d run), ``fig10_fishernet_samples_d5.png`` (N(0,1) against the density estimators);
+- ``calibration.json``, ``calibration.png``: every model's latent posteriors (amortized,
+  refined by Laplace and by importance sampling; the FisherNet's also by NIFTy's MGVI and
+  geoVI, ``--no-calibration-nifty`` to skip them) against the truth: coverage of the true
+  latent on data simulated from the model itself, and the exact posterior's mass inside
+  their credible regions on real test images (``nifty_fishernet.calibration``; quick: all
+  models but the ConvVAE, ``--calibration-models`` to choose);
+- ``summary.md``: the run's command(s) and settings, test MSE, seconds per epoch and noise
+  level per model and d, Table 1, the figures; the paper's values beside ours;
+- ``models/<model>_d<d>_<key>.h5``: the trained models, ``key`` a hash of the training
+  configuration (rerunning resumes and skips finished ones; another setting trains anew);
+- ``cache/``: Table 1's entries (and fitted latent densities) under a hash of the model's
+  weights and the evaluation settings, so a rerun recomputes nothing it has; ``--force``
+  retrains every model of the run and recomputes its entries.
+
+An interrupted run resumes: training from the last completed epoch's checkpoint, Table 1
+from the first entry not yet stored. A run of some ``--models`` and ``--dims`` is a part:
+its cells are merged into the folder's ``results.json``, ``table1.json`` and
+``calibration.json``, and a cell whose record there is complete is not run again, even
+where its weights are gone (e.g. a fresh machine with the committed results), so the
+paper's setting can run one part per session.
+
+Under ``torchrun --nproc_per_node=N demos/fashion_mnist.py ...`` training is data-parallel
+(``nifty_fishernet.train`` with DistributedDataParallel); rank 0 alone evaluates and writes.
+
+Settings (:data:`~nifty_fishernet.experiments.fashion_mnist.SETTINGS`):
+
+- ``--quick`` (default): d in {2, 5}, 5 epochs on 12,000 training images, lr 1e-3 (ten times
+  Table 2's, to make up for the fewer steps) and 1e-2 for the noise level (which otherwise
+  lags behind, see ``nifty_fishernet.train``); FIDs on 2,000 images with the Fashion-MNIST
+  classifier's features; MKDE on 32 x 32 (d = 2) and 5^5 (d = 5) cells.
+- ``--paper``: Table 2 (batch 64, lr 1e-4 for the networks and the noise level, Adam), 50
+  epochs on all 60,000 images, d in {2, 3, 5, 10, 15, 20}; FIDs on 10,000 images with the
+  Fashion-MNIST classifier's features and, for reconstructions and N(0,1) samples, on 1,000
+  images with Inception features (``--inception-images``); MKDE on the default grids.
+
+    python demos/fashion_mnist.py [--quick | --paper] [--out output/fashion_mnist]
+        [--models ...] [--dims ...] [--features fmnist|inception] [--fid-images N]
+        [--no-sample-quality] [--no-calibration] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...cache import ResultCache, fingerprint
+from ...calibration import calibrate
+from ...data import load_fashion_mnist
+from ...distributed import distributed_context
+from ...evaluation import encode_means, jsonable, sample_quality
+from ...plotting import plot_calibration, plot_latent_density
+from ...training import resolve_device, train
+from ..._version import __version__
+from .figures import model_figures, record_figures
+from .merge import check_mergeable, complete_cells, merge_records, paper_order
+from .report import write_summary
+from .settings import (CALIBRATION_VERSION, DEFAULT_OUT, MODELS, build_model, setting_for,
+                       trained_model_path)
+from .table1 import table1_markdown, write_table1
+
+__all__ = ["parse_args", "main"]
+
+
+def parse_args(argv=None):
+    """The command line of ``demos/fashion_mnist.py`` (see the module's documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="demos/fashion_mnist.py",
+        description="Train FisherNet, VAE, calibrated VAE and ConvVAE on Fashion-MNIST and "
+                    "compare them (the paper's Sect. 3).")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="reduced setting for 2 CPU cores (default)")
+    mode.add_argument("--paper", dest="mode", action="store_const", const="paper",
+                      help="the paper's Table 2 setting")
+    parser.set_defaults(mode="quick")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-root", default=None, help="folder with the IDX .gz files")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--dims", type=int, nargs="+", help="override the latent dimensions")
+    parser.add_argument("--epochs", type=int, help="override the number of epochs")
+    parser.add_argument("--n-train", type=int, help="override the number of training images")
+    parser.add_argument("--features", choices=["fmnist", "inception"],
+                        help="FID features of Table 1 (default fmnist)")
+    parser.add_argument("--fid-images", type=int, help="images per FID")
+    parser.add_argument("--inception-images", type=int,
+                        help="images per Inception FID of reconstructions and N(0,1) samples "
+                             "(paper: 1,000; 0 skips them)")
+    parser.add_argument("--mkde-iterations", type=int, help="MKDE KL iterations")
+    parser.add_argument("--mkde-samples", type=int, help="MKDE antithetic sample pairs")
+    parser.add_argument("--no-sample-quality", dest="sample_quality", action="store_false",
+                        help="skip Table 1 (FIDs) and the latent density figure")
+    parser.add_argument("--no-calibration", dest="calibration", action="store_false",
+                        help="skip the calibration of the latent posteriors")
+    parser.add_argument("--calibration-sims", type=int,
+                        help="simulated data per model for the coverage (SBC)")
+    parser.add_argument("--calibration-images", type=int,
+                        help="test images per model compared with the exact posterior")
+    parser.add_argument("--no-calibration-nifty", dest="calibration_nifty",
+                        action="store_false",
+                        help="calibrate without NIFTy's MGVI and geoVI")
+    parser.add_argument("--calibration-models", nargs="+", choices=list(MODELS),
+                        help="models to calibrate (quick: all but the ConvVAE, whose exact "
+                             "posteriors cost ~10^6 convolutional decoder calls)")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain this run's models and recompute their metrics, even "
+                             "where the output folder holds them for this configuration")
+    return parser.parse_args(argv)
+
+
+def resolve_setting(args):
+    """The run's setting: :data:`SETTINGS` ``[args.mode]`` with the command line's overrides."""
+    setting = setting_for(args.mode)
+    for key in ("dims", "epochs", "n_train", "features", "fid_images", "inception_images"):
+        if getattr(args, key) is not None:
+            setting[key] = getattr(args, key)
+    for key, option in (("n_simulated", "calibration_sims"), ("n_real", "calibration_images")):
+        if getattr(args, option) is not None:
+            setting["calibration"][key] = getattr(args, option)
+    if args.calibration_models is not None:
+        setting["calibration_models"] = args.calibration_models
+    if not args.calibration_nifty:
+        setting["calibration_nifty"] = {}
+    for key, option in (("iterations", "mkde_iterations"), ("n_samples", "mkde_samples")):
+        if getattr(args, option) is not None:
+            setting["mkde"][key] = getattr(args, option)
+    return setting
+
+
+def read_record(out):
+    """The folder's ``results.json``, or None where there is none."""
+    path = Path(out) / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_images(setting, args):
+    """The run's training images: the first ``n_train`` of a seeded permutation."""
+    train_x, _ = load_fashion_mnist("train", root=args.data_root)
+    return train_x[np.random.default_rng(args.seed).permutation(len(train_x))
+                   [:setting["n_train"]]]
+
+
+def train_models(args, setting, cells, device, context, stored):
+    """Train (or resume, or find finished) every cell ``(name, d)``; cells complete in the
+    stored record (``stored``: ``{cell: its record}``) without weights here are taken from
+    it. Returns ``(results, trained)``."""
+    train_x = training_images(setting, args)
+    test_x, _ = load_fashion_mnist("test", root=args.data_root)
+    results, trained = {}, {}
+    for name, d in cells:
+        path = trained_model_path(name, d, setting, args.seed, args.out)
+        if (name, d) in stored and not path.exists():
+            results.setdefault(name, {})[str(d)] = stored[name, d]
+            if context.is_main:
+                print(f"{name:>14} d={d:<2} complete in {args.out / 'results.json'}: not rerun")
+            continue
+        torch.manual_seed(args.seed)
+        model = build_model(name, d)
+        history = train(model, train_x, test_x, epochs=setting["epochs"],
+                        batch_size=setting["batch_size"], lr=setting["lr"],
+                        noise_lr=setting["noise_lr"], device=device, seed=args.seed,
+                        checkpoint=path, resume=not args.force, progress=context.is_main)
+        trained.setdefault(name, {})[d] = model
+        results.setdefault(name, {})[str(d)] = dict(
+            test_mse=history["test_mse"][-1], test_loss=history["test_loss"][-1],
+            noise_std=history["noise_std"][-1],
+            seconds_per_epoch=float(np.mean(history["seconds"])), history=history)
+        if context.is_main:
+            print(f"{name:>14} d={d:<2} test MSE {history['test_mse'][-1]:.5f}")
+    return results, trained
+
+
+def table1(trained, setting, args):
+    """FIDs of Table 1 (with the Inception table if the setting asks for it), and the fitted
+    latent densities ``{(name, d, kind): density}``."""
+    train_x = training_images(setting, args)
+    test_x, _ = load_fashion_mnist("test", root=args.data_root)
+    densities = {}
+    quality = sample_quality(
+        trained, train_x, test_x, n_images=setting["fid_images"], features=setting["features"],
+        seed=args.seed, device="cpu", mkde_options=setting["mkde"], densities=densities,
+        cache_dir=args.out / "cache", force=args.force)
+    if setting.get("inception_images"):
+        quality["inception"] = sample_quality(
+            trained, train_x, test_x, n_images=setting["inception_images"],
+            features="inception", estimators=(), seed=args.seed, device="cpu",
+            cache_dir=args.out / "cache", force=args.force)
+    return quality, densities
+
+
+def calibration(trained, test_x, setting, args):
+    """Every model's posteriors against the truth (``nifty_fishernet.calibration``): coverage
+    on simulated data, exact-posterior mass on real test images; cached under a hash of the
+    model's weights and the settings."""
+    cache = ResultCache(args.out / "cache", force=args.force)
+    options = setting["calibration"]
+    results = {}
+    for name, by_dim in trained.items():
+        if name not in setting["calibration_models"]:
+            continue
+        for d, model in sorted(by_dim.items()):
+            model = model.cpu().eval()
+            nifty = setting["calibration_nifty"].get(name, [])
+            key = fingerprint("calibration", CALIBRATION_VERSION, model, options, nifty,
+                              args.seed, test_x[:options["n_real"]])
+            entry = cache.get(f"calibration_{name}_d{d}", key)
+            if entry is None:
+                began = time.perf_counter()
+                entry = calibrate(model, test_x, seed=args.seed, nifty=nifty, **options)
+                entry["seconds"] = time.perf_counter() - began
+                entry = jsonable(entry)
+                cache.put(f"calibration_{name}_d{d}", key, entry)
+            results.setdefault(name, {})[d] = entry
+            coverage = {m: v["coverage"] for m, v in entry["simulated"].items()}
+            print(f"{name:>14} d={d:<2} coverage 68/95 %: " + "; ".join(
+                f"{m} {c['68']:.2f}/{c['95']:.2f}" for m, c in coverage.items()))
+    return results
+
+
+def main(argv=None):
+    """Run the experiment (or one part of it) from a command line; returns the merged record.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``); see :func:`parse_args`.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    setting = resolve_setting(args)
+    out = args.out
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    context = distributed_context(device)  # under torchrun: one training process per rank
+    try:
+        return _run(args, argv, setting, device, context)
+    finally:
+        if context.active:
+            torch.distributed.destroy_process_group()
+
+
+def _run(args, argv, setting, device, context):
+    out = args.out
+    old = read_record(out)
+    if old is not None:
+        try:
+            check_mergeable(old, args.mode, setting, args.seed, out)
+        except ValueError:
+            if not args.force:
+                raise
+            old = None  # --force: this run replaces the other setting's record
+    done = set() if args.force else complete_cells(
+        old, args.sample_quality, setting["calibration_models"] if args.calibration else [])
+    cells = [(name, d) for name in args.models for d in setting["dims"]]
+    start = time.perf_counter()
+    stored = {cell: old["results"][cell[0]][str(cell[1])] for cell in cells if cell in done}
+    results, trained = train_models(args, setting, cells, device, context, stored)
+    if not context.is_main:
+        return None  # rank 0 evaluates and writes
+    test_x, test_labels = load_fashion_mnist("test", root=args.data_root)
+    record = dict(mode=args.mode, command=("python demos/fashion_mnist.py " + shlex.join(argv)
+                                           ).strip(),
+                  setting=setting, seed=args.seed, device=str(device), torch=torch.__version__,
+                  threads=torch.get_num_threads(), machine=platform.machine(),
+                  package_version=__version__, train_seconds=time.perf_counter() - start,
+                  results=results)
+    densities, figures = {}, []
+    if args.sample_quality and trained:
+        quality, densities = table1(trained, setting, args)
+        record["table1"] = quality
+        density = densities.get(("FisherNet", 2, "mkde"))
+        if density is not None:
+            means = encode_means(trained["FisherNet"][2], test_x)
+            plot_latent_density(density, means, out / "latent_density.png", labels=test_labels,
+                                title="FisherNet d=2: Matérn KDE of the training means")
+            figures.append("latent_density.png")
+        print("\n" + table1_markdown(quality))
+    if args.calibration and trained:
+        record["calibration"] = calibration(trained, test_x, setting, args)
+    figures += model_figures(trained, densities, test_x, test_labels, args.seed, out)
+    record["figures"] = figures
+    record["wall_seconds"] = time.perf_counter() - start
+    record["part"] = dict(command=record["command"], cells=[list(c) for c in cells],
+                          device=record["device"], threads=record["threads"],
+                          machine=record["machine"], wall_seconds=record["wall_seconds"],
+                          date=time.strftime("%Y-%m-%d"))
+    record = merge_records(old, jsonable(record))
+    record["figures"] = sorted(set(record["figures"]) | set(record_figures(
+        record["results"], record["setting"]["dims"], out)) | (
+        {"calibration.png"} if record.get("calibration") else set()), key=paper_order)
+    if record.get("calibration"):
+        plot_calibration(record["calibration"], out / "calibration.png",
+                         f"Latent posteriors against the truth ({args.mode} models)")
+        (out / "calibration.json").write_text(json.dumps(
+            {"settings": record["setting"]["calibration"], "seed": args.seed,
+             "results": record["calibration"]}, indent=1))
+    if record.get("table1"):
+        write_table1(record["table1"], out)
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    write_summary(record, out)
+    _print_mse(record)
+    print(f"\nwrote {out}/summary.md, results.json, figures"
+          + (", table1.json, table1.md" if record.get("table1") else ""))
+    return record
+
+
+def _print_mse(record):
+    dims = record["setting"]["dims"]
+    print(f"\ntest MSE after {record['setting']['epochs']} epochs ({record['mode']} setting):")
+    print(f"{'model':>14} " + " ".join(f"{'d=' + str(d):>9}" for d in dims))
+    for name, by_dim in record["results"].items():
+        print(f"{name:>14} " + " ".join(
+            f"{by_dim[str(d)]['test_mse']:>9.5f}" if str(d) in by_dim else f"{'–':>9}"
+            for d in dims))

@@ -1,0 +1,59 @@
+"""Table 1 of the paper as we measure it: markdown and JSON beside the paper's values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ...evaluation import jsonable
+from .paper import PAPER_TABLE1
+
+__all__ = ["QUANTITIES", "table1_markdown", "write_table1"]
+
+#: The FIDs of one Table 1 entry, by key (see :func:`nifty_fishernet.sample_quality`).
+QUANTITIES = {"rec": "test reconstructions", "sample": "N(0,1) samples",
+              "mkde": "Matérn KDE samples", "gmm": "Gaussian-mixture samples"}
+
+
+def _cell(ours, paper):
+    text = "–" if ours is None else f"{ours:.1f}"
+    return text if paper is None else f"{text} ({paper})"
+
+
+def table1_markdown(quality):
+    """Table 1 as markdown: our FIDs with the paper's in parentheses.
+
+    Parameters
+    ----------
+    quality : dict
+        :func:`nifty_fishernet.sample_quality`'s result (or its JSON form, keys as strings).
+    """
+    dims = sorted({int(d) for by_dim in quality["results"].values() for d in by_dim})
+    lines = [f"FID against {quality['n_images']} test images, {quality['features']} features "
+             f"(paper's values in parentheses: Inception features, 10,000 images; comparable "
+             f"only with features='inception'). Real-vs-real floor (train vs test): "
+             f"{quality['floor']:.2f}.", "",
+             "| model | FID of | " + " | ".join(f"d={d}" for d in dims) + " |",
+             "|---|---|" + "---|" * len(dims)]
+    for name, by_dim in quality["results"].items():
+        by_dim = {int(d): entry for d, entry in by_dim.items()}
+        paper = PAPER_TABLE1.get(name, {})
+        for key, label in QUANTITIES.items():
+            values = [by_dim.get(d, {}).get(key) for d in dims]
+            papers = [paper.get(key, {}).get(d) for d in dims]
+            if all(v is None for v in values) and all(p is None for p in papers):
+                continue
+            cells = [_cell(v, p) for v, p in zip(values, papers)]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table1(quality, folder):
+    """Write ``table1.json`` and ``table1.md`` into ``folder``; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "table1.json", folder / "table1.md"
+    record = dict(quality, paper=PAPER_TABLE1)
+    json_path.write_text(json.dumps(jsonable(record), indent=1))
+    md_path.write_text(table1_markdown(quality))
+    return json_path, md_path

@@ -1,0 +1,208 @@
+"""The Fashion-MNIST experiment (the main job) end to end on tiny settings: its files, reruns
+that redo nothing, interrupted runs that resume, and parts that merge into one record."""
+
+import json
+import math
+
+import pytest
+
+import nifty_fishernet as nf
+from nifty_fishernet.experiments import fashion_mnist as fm
+from nifty_fishernet.experiments.fashion_mnist import run as fm_run
+
+TINY = ["--dims", "2", "--epochs", "1", "--n-train", "256", "--fid-images", "200",
+        "--mkde-iterations", "1", "--mkde-samples", "1"]
+
+
+def test_main_job_smoke(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ["--out", str(out)] + TINY + [
+        "--calibration-sims", "20", "--calibration-images", "3", "--calibration-models",
+        "FisherNet", "VAE", "CalibratedVAE", "ConvVAE"]
+    fm.main(args)
+    for name in ("results.json", "summary.md", "mse_per_epoch.png", "reconstructions.png",
+                 "table1.json", "table1.md", "latent_density.png", "fig1_fishernet_loss.png",
+                 "fig2_mse_vs_d.png", "fig4_latent_means_d2.png", "fig5_ellipses_one_image.png",
+                 "fig5_reconstructions_along_axes.png", "fig6_shoe_ellipses.png",
+                 "fig7_normal_samples_d2.png", "fig8_normal_samples_d2.png",
+                 "fig10_fishernet_samples_d2.png", "calibration.png", "calibration.json"):
+        assert (out / name).stat().st_size > 500, name
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["results"]) == {"FisherNet", "VAE", "CalibratedVAE", "ConvVAE"}
+    for runs in report["results"].values():
+        assert math.isfinite(runs["2"]["test_mse"]) and 0 < runs["2"]["test_mse"] < 0.3
+        assert runs["2"]["seconds_per_epoch"] > 0
+    for entry in report["table1"]["results"].values():
+        assert all(math.isfinite(entry["2"][key]) for key in ("rec", "sample", "mkde", "gmm"))
+    summary = (out / "summary.md").read_text()
+    assert report["command"].endswith("ConvVAE") and report["command"] in summary
+    assert [part["command"] for part in report["parts"]] == [report["command"]]
+    assert set(report["calibration"]) == {"FisherNet", "VAE", "CalibratedVAE", "ConvVAE"}
+    assert "## Calibration of the latent posteriors" in summary
+    assert "![calibration.png](calibration.png)" in summary
+    for name, entry in report["calibration"].items():
+        methods = entry["2"]["simulated"]
+        nifty = {"mgvi", "geovi"} if name == "FisherNet" else set()  # quick: FisherNet only
+        assert set(methods) == {"amortized", "refined (Laplace)", "refined (importance)"} | nifty
+        assert nifty <= set(entry["2"]["real"])
+        for method in methods.values():
+            assert all(0 <= value <= 1 for value in method["coverage"].values())
+        assert entry["2"]["real"]["exact"]["method"] == "grid"
+    fisher_mse = report["results"]["FisherNet"]["2"]["test_mse"]
+    assert f"| FisherNet | {fisher_mse:.5f} |" in summary
+    assert "(+2.0e-04)" in summary and "## Table 1: FIDs" in summary
+    assert "![fig6_shoe_ellipses.png](fig6_shoe_ellipses.png)" in summary
+
+    # a rerun finds the checkpoints complete and every Table 1 entry stored: it trains nothing,
+    # fits no density and computes no features, and reports the same numbers
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    monkeypatch.setattr(nf.evaluation, "feature_statistics", _forbidden)
+    monkeypatch.setattr(nf.MaternKDE, "fit", _forbidden)
+    monkeypatch.setattr(nf.GaussianMixtureDensity, "fit", _forbidden)
+    monkeypatch.setattr(fm_run, "calibrate", _forbidden)
+    again = fm.main(args)
+    assert again["calibration"] == report["calibration"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
+    assert len(again["table1"]["cached"]) == 4
+    assert again["table1"]["results"] == report["table1"]["results"]
+    assert (out / "latent_density.png").stat().st_size > 500  # Fig. 9 from the stored density
+    monkeypatch.undo()
+
+    # --force retrains (new checkpoint files) and recomputes
+    forced = fm.main(args[:8] + ["--models", "FisherNet", "--no-sample-quality",
+                                 "--no-calibration", "--force"])
+    fisher = [p for p in mtimes if p.name.startswith("FisherNet")]
+    assert all(p.stat().st_mtime_ns != mtimes[p] for p in fisher)
+    assert forced["results"]["FisherNet"]["2"]["test_mse"] == fisher_mse  # same seed
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("a cached result was computed again")
+
+
+def _without_timings(value):
+    """A record without what differs between runs of the same computation: wall times, the
+    commands, which entries came from the cache."""
+    timing = ("seconds", "seconds_per_epoch", "train_seconds", "wall_seconds", "command",
+              "parts", "cached", "mkde_fit_seconds", "gmm_fit_seconds", "seconds_per_datum")
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in timing}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_parts_merge_into_the_record_of_one_run(tmp_path):
+    """FisherNet and VAE run as two parts, the first part's weights and cache deleted before
+    the second (a fresh machine with the committed results): results.json, table1.json and
+    calibration.json equal those of one run of both. A third run of both finds both complete
+    in the record and trains nothing."""
+    common = TINY + ["--fid-images", "100", "--calibration-sims", "10",
+                     "--calibration-images", "2", "--no-calibration-nifty"]
+    one = fm.main(["--out", str(tmp_path / "one"), "--models", "FisherNet", "VAE"] + common)
+    parts = tmp_path / "parts"
+    fm.main(["--out", str(parts), "--models", "FisherNet"] + common)
+    for folder in ("models", "cache"):
+        for path in (parts / folder).iterdir():
+            path.unlink()
+    merged = fm.main(["--out", str(parts), "--models", "VAE"] + common)
+    assert [part["cells"] for part in merged["parts"]] == [[["FisherNet", 2]], [["VAE", 2]]]
+    assert _without_timings(merged) == _without_timings(one)
+    for name in ("table1.json", "calibration.json"):
+        assert (_without_timings(json.loads((parts / name).read_text()))
+                == _without_timings(json.loads((tmp_path / "one" / name).read_text()))), name
+    assert "Run in 2 parts" in (parts / "summary.md").read_text()
+
+    for path in (parts / "models").iterdir():
+        path.unlink()
+    again = fm.main(["--out", str(parts), "--models", "FisherNet", "VAE"] + common)
+    assert not any((parts / "models").iterdir())  # nothing trained
+    assert _without_timings(again) == _without_timings(one)
+    assert len(again["parts"]) == 3
+
+    # another training setting in the same folder is refused, naming the difference
+    with pytest.raises(fm.RunMismatchError, match=r"epochs 1 there, 2 here"):
+        fm.main(["--out", str(parts), "--models", "VAE", "--epochs", "2"] + common[:2]
+                + common[4:])
+
+
+def test_merge_records_unions_dims_and_keeps_entries_measured_with_other_settings():
+    def record(d, table1=True, fid_images=100):
+        cell = {"test_mse": 0.1 * d, "history": {"epoch": [1]}}
+        rec = {"mode": "quick", "seed": 0, "results": {"FisherNet": {str(d): cell}},
+               "setting": {"dims": [d], "epochs": 1, "fid_images": fid_images},
+               "figures": [], "part": {"cells": [["FisherNet", d]]}}
+        if table1:
+            rec["table1"] = {"floor": 1.0, "results": {"FisherNet": {str(d): {"rec": d}}}}
+        return rec
+
+    first = fm.merge_records(None, record(5))
+    merged = fm.merge_records(first, record(2))
+    assert merged["setting"]["dims"] == [2, 5]
+    assert list(merged["results"]["FisherNet"]) == ["2", "5"]
+    assert set(merged["table1"]["results"]["FisherNet"]) == {"2", "5"}
+    # a part without Table 1 keeps the stored one; one with other FID settings replaces it
+    kept = fm.merge_records(merged, record(3, table1=False))
+    assert set(kept["table1"]["results"]["FisherNet"]) == {"2", "5"}
+    replaced = fm.merge_records(merged, record(3, fid_images=50))
+    assert set(replaced["table1"]["results"]["FisherNet"]) == {"3"}
+    assert fm.complete_cells(kept, sample_quality=True, calibration_models=[]) == {
+        ("FisherNet", 2), ("FisherNet", 5)}
+
+
+class Interrupted(Exception):
+    """Stands for the process being killed."""
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch):
+    """Killed after the third checkpoint write (VAE, epoch 1 of 2), then during Table 1's
+    second entry: each rerun continues where the last one stopped, redoing nothing."""
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--dims", "2", "--epochs", "2", "--n-train", "256",
+            "--models", "FisherNet", "VAE", "--fid-images", "100", "--mkde-iterations", "1",
+            "--mkde-samples", "1", "--no-calibration"]
+    saved, real_save = [], nf.training.save
+
+    def save_then_maybe_die(path, model, **kwargs):
+        real_save(path, model, **kwargs)
+        saved.append((type(model).__name__, kwargs["training_state"]["epochs_done"]))
+        if len(saved) == 3:
+            raise Interrupted
+
+    monkeypatch.setattr(nf.training, "save", save_then_maybe_die)
+    with pytest.raises(Interrupted):
+        fm.main(args)
+    assert saved == [("FisherNet", 1), ("FisherNet", 2), ("VAE", 1)]
+
+    entries, real_encode = [], nf.evaluation.encode_means
+
+    def encode_then_maybe_die(model, images, *rest, **kwargs):
+        if len(images) == 100:  # the test images: a Table 1 entry begins
+            entries.append(type(model).__name__)
+            if len(entries) == 2:
+                raise Interrupted
+        return real_encode(model, images, *rest, **kwargs)
+
+    monkeypatch.setattr(nf.evaluation, "encode_means", encode_then_maybe_die)
+    with pytest.raises(Interrupted):
+        fm.main(args)
+    assert saved[3:] == [("VAE", 2)]  # only the missing epoch was trained
+    assert entries == ["FisherNet", "VAE"]
+
+    report = fm.main(args)
+    assert saved[4:] == [] and entries[2:] == ["VAE"]  # FisherNet's entry was stored
+    assert report["table1"]["cached"] == [["FisherNet", 2]]
+    for name in ("FisherNet", "VAE"):
+        assert report["results"][name]["2"]["history"]["epoch"] == [1, 2]
+        assert math.isfinite(report["table1"]["results"][name]["2"]["mkde"])
+    assert (out / "summary.md").is_file()
+
+
+def test_trained_model_path_is_where_the_main_job_writes(tmp_path):
+    path = fm.trained_model_path("VAE", 3, "paper", seed=1, out=tmp_path)
+    assert path.parent == tmp_path / "models" and path.name.startswith("VAE_d3_")
+    assert path != fm.trained_model_path("VAE", 3, "quick", seed=1, out=tmp_path)
+    with pytest.raises(ValueError, match="unknown model 'AE'"):
+        fm.build_model("AE", 2)
+    with pytest.raises(ValueError, match="unknown setting 'slow'"):
+        fm.setting_for("slow")
