@@ -72,6 +72,7 @@ import numpy as np
 import torch
 
 from ...cache import ResultCache, fingerprint
+from ...checkpoint import atomic_path
 from ...calibration import calibrate
 from ...data import load_fashion_mnist
 from ...distributed import distributed_context
@@ -320,17 +321,22 @@ def _run(args, argv, setting, device, context):
     if record.get("calibration"):
         plot_calibration(record["calibration"], out / "calibration.png",
                          f"Latent posteriors against the truth ({args.mode} models)")
-        (out / "calibration.json").write_text(json.dumps(
-            {"settings": record["setting"]["calibration"], "seed": args.seed,
-             "results": record["calibration"]}, indent=1))
+        _write_json(out / "calibration.json",
+                    {"settings": record["setting"]["calibration"], "seed": args.seed,
+                     "results": record["calibration"]})
     if record.get("table1"):
         write_table1(record["table1"], out)
-    (out / "results.json").write_text(json.dumps(record, indent=1))
     write_summary(record, out)
+    _write_json(out / "results.json", record)  # last: the record of a finished part
     _print_mse(record)
     print(f"\nwrote {out}/summary.md, results.json, figures"
           + (", table1.json, table1.md" if record.get("table1") else ""))
     return record
+
+
+def _write_json(path, value):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(value, indent=1))
 
 
 def _print_mse(record):
