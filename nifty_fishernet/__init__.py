@@ -6,6 +6,7 @@ the prior's), with a learned noise level ``N = exp(xi_N) 1``.
 """
 
 from ._version import __version__
+from .errors import FileFormatError, NiftyFishernetError
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .data import DatasetNotFoundError, load_fashion_mnist
 from .density import (FlowDensity, GaussianMixtureDensity, GridTooLargeError, LatentDensity,
@@ -25,7 +26,7 @@ from . import evaluation  # noqa: E402  (after the modules it uses)
 from .evaluation import sample_quality  # noqa: E402
 
 __all__ = [
-    "__version__",
+    "__version__", "NiftyFishernetError", "FileFormatError",
     # models
     "LatentModel", "FisherNet", "VAE", "ConvVAE", "MLP",
     # refined posteriors

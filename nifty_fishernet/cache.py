@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_path
+from .io import write_text
 
 __all__ = ["fingerprint", "ResultCache"]
 
@@ -82,11 +82,22 @@ class ResultCache:
             warnings.warn(f"ignoring cache file {path}: it holds another key; recomputing it",
                           RuntimeWarning, stacklevel=2)
             return None
+        # records of versions before the hash have none: read as they are
+        if "sha256" in record and record["sha256"] != _value_hash(record.get("value")):
+            warnings.warn(f"ignoring cache file {path}: its value does not match its integrity "
+                          f"hash (edited or corrupt); recomputing it", RuntimeWarning,
+                          stacklevel=2)
+            return None
         return record["value"]
 
     def put(self, label, key, value):
         """Store a JSON-able ``value`` under ``key`` (atomically); returns the file's path."""
         path = self.path(label, key)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps({"key": key, "value": value}, indent=1))
+        write_text(path, json.dumps({"key": key, "sha256": _value_hash(value), "value": value},
+                                    indent=1))
         return path
+
+
+def _value_hash(value):
+    """SHA-256 of a record's value as stored (JSON, sorted keys)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

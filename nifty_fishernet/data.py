@@ -6,12 +6,14 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from .errors import NiftyFishernetError
+from .io import atomic_path
 
 __all__ = ["load_fashion_mnist", "DatasetNotFoundError", "fashion_mnist_search_paths",
            "FASHION_MNIST_CLASSES"]
@@ -40,7 +42,7 @@ DOWNLOAD_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(NiftyFishernetError, FileNotFoundError):
     """Fashion-MNIST is neither found locally nor downloadable."""
 
 
@@ -97,16 +99,11 @@ def _download(split, folder):
         target = folder / f"{name}.gz"
         if target.is_file():
             continue
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+        with atomic_path(target) as tmp:  # checked before it replaces anything
+            with open(tmp, "wb") as out, urllib.request.urlopen(
                     DOWNLOAD_URL + f"{name}.gz", timeout=60) as response:
                 shutil.copyfileobj(response, out)
             _read_verified(tmp, sha256)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def load_fashion_mnist(split="train", root=None, download=True):

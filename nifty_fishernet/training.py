@@ -14,13 +14,14 @@ from .checkpoint import load_checkpoint, save
 from .distributed import LossModule, distributed_context
 from .metrics.mse import reconstruction_mse
 from .models.base import check_data
+from .errors import NiftyFishernetError
 
 __all__ = ["train", "resolve_device", "as_images", "TrainingDivergedError"]
 
 HISTORY_KEYS = ("epoch", "train_loss", "test_loss", "test_mse", "noise_std", "seconds")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(NiftyFishernetError, RuntimeError):
     """The training loss became non-finite; the model holds the last good state."""
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import nifty_fishernet as nf
+from nifty_fishernet import io
 from nifty_fishernet.checkpoint import CheckpointError
 
 MODELS = {
@@ -87,13 +88,15 @@ def test_other_files_give_clear_errors(tmp_path):
         nf.load(tmp_path / "other.h5")
     path = tmp_path / "m.h5"
     nf.FisherNet(2, hidden=8).save(path)
-    with h5py.File(path, "a") as f:
+    with h5py.File(path, "a") as f:  # edited and hashed again: the hash passes, the name not
         f.attrs["model_type"] = "os.system"
+        f.attrs[io.HASH_ATTR] = io.content_hash(f)
     with pytest.raises(CheckpointError, match="unknown model type 'os.system'"):
         nf.load(path)
     with h5py.File(path, "a") as f:
         f.attrs["model_type"] = "FisherNet"
         del f["model/decoder.linears.0.bias"]
+        f.attrs[io.HASH_ATTR] = io.content_hash(f)
     with pytest.raises(CheckpointError, match="do not fit"):
         nf.load(path)
 
@@ -107,7 +110,7 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("nifty_fishernet.checkpoint._write_tensor", broken)
+    monkeypatch.setattr("nifty_fishernet.checkpoint.write_tensors", broken)
     with pytest.raises(OSError, match="disk full"):
         model.save(path)
     assert path.read_bytes() == before

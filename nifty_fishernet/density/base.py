@@ -2,37 +2,36 @@
 
 A fitted estimator is saved to HDF5 (:meth:`LatentDensity.save`) and read back with
 :func:`load_density`, without pickle: the class is looked up in :data:`DENSITY_TYPES`, the
-settings and scalars are JSON, every array a checksummed dataset; the write is atomic.
+settings and scalars are JSON, every array a checksummed dataset, the whole file under an
+integrity hash (:mod:`nifty_fishernet.io`); the write is atomic.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..checkpoint import atomic_hdf5
+from ..errors import FileFormatError
+from ..io import read_hdf5, write_hdf5
+from ..io.registry import DENSITY_TYPES
 
 __all__ = ["LatentDensity", "as_latents", "as_generator", "load_density", "DENSITY_TYPES",
            "DensityFileError"]
 
 FORMAT = "nifty_fishernet.density"
-FORMAT_VERSION = 1
-
-#: Estimator classes by name, for :func:`load_density` (filled by :func:`register_density`).
-DENSITY_TYPES = {}
+#: 2: the integrity hash over every attribute and dataset (version 1 files read with a warning)
+FORMAT_VERSION = 2
 
 
-class DensityFileError(ValueError):
-    """A density file is corrupt, truncated, or not a density written by this package."""
+class DensityFileError(FileFormatError):
+    """A density file is corrupt, truncated, edited, or not a density written by this
+    package."""
 
 
 def register_density(cls):
     """Class decorator: make ``cls`` loadable by :func:`load_density`."""
-    DENSITY_TYPES[cls.__name__] = cls
-    return cls
+    return DENSITY_TYPES.register(cls)
 
 
 def as_latents(latents, name="latents", latent_dim=None):
@@ -110,9 +109,7 @@ class LatentDensity:
         """
         self._require_fitted()
         settings, scalars, arrays = self._state()
-        with atomic_hdf5(path) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
+        with write_hdf5(path, FORMAT, FORMAT_VERSION) as f:
             f.attrs["density_type"] = type(self).__name__
             f.attrs["settings"] = json.dumps(settings)
             f.attrs["fitted"] = json.dumps(dict(scalars, latent_dim=int(self.latent_dim)))
@@ -153,32 +150,15 @@ def load_density(path):
     FileNotFoundError
         No file at ``path``.
     DensityFileError
-        The file is truncated or corrupt (checksums are verified), or not a density file.
+        The file is truncated, corrupt or edited (checksums and the integrity hash are
+        verified), or not a density file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no density file at {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise DensityFileError(f"{path} is an HDF5 file but not a nifty_fishernet "
-                                       f"density")
-            if int(f.attrs["format_version"]) > FORMAT_VERSION:
-                raise DensityFileError(f"{path} has density format "
-                                       f"{int(f.attrs['format_version'])}; this package reads "
-                                       f"up to {FORMAT_VERSION}")
-            name = str(f.attrs["density_type"])
-            cls = DENSITY_TYPES.get(name)
-            if cls is None:
-                raise DensityFileError(f"{path} holds an unknown density type {name!r}")
-            settings = json.loads(f.attrs["settings"])
-            scalars = json.loads(f.attrs["fitted"])
-            arrays = {key: np.asarray(ds[()]) for key, ds in f["arrays"].items()}
-    except DensityFileError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise DensityFileError(f"{path} is not a readable density file (truncated or "
-                               f"corrupt): {err}") from err
+    with read_hdf5(path, FORMAT, FORMAT_VERSION, DensityFileError, "density file",
+                   hashed_since=2) as f:
+        cls = DENSITY_TYPES.lookup(str(f.attrs["density_type"]), path, DensityFileError)
+        settings = json.loads(f.attrs["settings"])
+        scalars = json.loads(f.attrs["fitted"])
+        arrays = {key: np.asarray(ds[()]) for key, ds in f["arrays"].items()}
     density = cls(**settings)
     density.latent_dim = int(scalars.pop("latent_dim"))
     density._restore(scalars, arrays)

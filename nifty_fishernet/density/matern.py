@@ -12,6 +12,7 @@ from ..nifty.compat import ift, values
 from ..nifty.vi import variational_inference
 
 from .base import LatentDensity, register_density
+from ..errors import NiftyFishernetError
 
 __all__ = ["MaternKDE", "GridTooLargeError"]
 
@@ -19,7 +20,7 @@ __all__ = ["MaternKDE", "GridTooLargeError"]
 DEFAULT_CELLS = {1: 256, 2: 64, 3: 24, 4: 12, 5: 8}
 
 
-class GridTooLargeError(ValueError):
+class GridTooLargeError(NiftyFishernetError, ValueError):
     """The MKDE grid for this latent dimension would not fit the memory budget."""
 
 

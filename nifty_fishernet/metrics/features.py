@@ -15,14 +15,16 @@ import importlib.util
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError, atomic_hdf5, read_state_dict, write_state_dict
+import json
+
+from ..checkpoint import CheckpointError
+from ..io import read_hdf5, read_tensors, write_hdf5, write_tensors
 from ..data import load_fashion_mnist, user_cache_dir
 
 __all__ = ["FashionClassifier", "fashion_classifier", "FashionFeatures", "InceptionFeatures",
@@ -31,6 +33,10 @@ __all__ = ["FashionClassifier", "fashion_classifier", "FashionFeatures", "Incept
 IMAGE_SHAPE = (28, 28)
 CLASSIFIER_FILE = "fmnist_classifier_v1.h5"
 CLASSIFIER_FORMAT = "nifty_fishernet.fmnist_classifier"
+#: 2: the integrity hash and the recipe stored (version 1 files are read and rewritten)
+CLASSIFIER_FORMAT_VERSION = 2
+#: How the classifier is trained (:func:`train_fashion_classifier`); stored in its file.
+CLASSIFIER_RECIPE = dict(epochs=5, seed=0, lr=1e-3, batch_size=128)
 MIN_ACCURACY = 0.90
 INCEPTION_ENV = "NIFTY_FISHERNET_INCEPTION"
 
@@ -93,8 +99,10 @@ def _accuracy(model, images, labels, batch_size=1000):
     return correct / len(images)
 
 
-def train_fashion_classifier(epochs=5, seed=0, progress=True):
-    """Train :class:`FashionClassifier` on the Fashion-MNIST training split.
+def train_fashion_classifier(epochs=CLASSIFIER_RECIPE["epochs"], seed=CLASSIFIER_RECIPE["seed"],
+                             lr=CLASSIFIER_RECIPE["lr"], batch_size=CLASSIFIER_RECIPE["batch_size"],
+                             progress=True):
+    """Train :class:`FashionClassifier` on the Fashion-MNIST training split with Adam.
 
     Returns
     -------
@@ -109,9 +117,8 @@ def train_fashion_classifier(epochs=5, seed=0, progress=True):
                                                                                   dtype=torch.long)
     torch.manual_seed(seed)
     model = FashionClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     shuffle = torch.Generator().manual_seed(seed)
-    batch_size = 128
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=shuffle)
@@ -148,29 +155,32 @@ def fashion_classifier(cache_dir=None, progress=True):
     path = _classifier_path(cache_dir)
     if path.exists():
         try:
-            with h5py.File(path, "r") as f:
-                if f.attrs.get("format") != CLASSIFIER_FORMAT:
-                    raise CheckpointError(f"{path} is not a nifty_fishernet FID classifier")
+            with read_hdf5(path, CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION, CheckpointError,
+                           "FID classifier", hashed_since=2) as f:
+                version = int(f.attrs["format_version"])
                 model = FashionClassifier()
-                model.load_state_dict(read_state_dict(f["model"]))
-                model.test_accuracy = float(f.attrs["test_accuracy"])
-        except CheckpointError:
-            raise
-        except (OSError, KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"cached FID classifier {path} is unreadable or corrupt "
-                                  f"({err}); delete it to retrain") from err
+                model.load_state_dict(read_tensors(f["model"]))
+                accuracy = float(f.attrs["test_accuracy"])
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; delete it to retrain") from err
+        if version < CLASSIFIER_FORMAT_VERSION:
+            _save_classifier(path, model, accuracy)  # the same weights, now under a hash
+        model.test_accuracy = accuracy
         return model.eval()
     model, accuracy = train_fashion_classifier(progress=progress)
     if accuracy < MIN_ACCURACY:
         raise RuntimeError(f"the FID classifier reached only {accuracy:.3f} test accuracy "
                            f"(< {MIN_ACCURACY}); not caching it")
-    with atomic_hdf5(path) as f:
-        f.attrs["format"] = CLASSIFIER_FORMAT
-        f.attrs["test_accuracy"] = accuracy
-        f.attrs["seed"] = 0
-        write_state_dict(f.create_group("model"), model.state_dict())
+    _save_classifier(path, model, accuracy)
     model.test_accuracy = accuracy
     return model
+
+
+def _save_classifier(path, model, accuracy):
+    with write_hdf5(path, CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION) as f:
+        f.attrs["test_accuracy"] = accuracy
+        f.attrs["recipe"] = json.dumps(CLASSIFIER_RECIPE)
+        write_tensors(f.create_group("model"), model.state_dict())
 
 
 def inception_weights_path(path=None):

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
-__all__ = ["LatentModel", "MODEL_TYPES", "register_model", "check_data"]
+from ..io.registry import MODEL_TYPES
 
-#: Model classes by name; checkpoints name their class here, so loading never imports or
-#: unpickles anything a file asks for.
-MODEL_TYPES: dict[str, type] = {}
+__all__ = ["LatentModel", "MODEL_TYPES", "register_model", "check_data"]
 
 
 def register_model(cls):
-    """Class decorator adding a model to :data:`MODEL_TYPES`."""
-    MODEL_TYPES[cls.__name__] = cls
-    return cls
+    """Class decorator adding a model to :data:`MODEL_TYPES` (checkpoints name their class
+    there, so loading never imports or unpickles anything a file asks for)."""
+    return MODEL_TYPES.register(cls)
+
+
+#: Constructor arguments that must be positive integers wherever a model has them.
+POSITIVE_INTEGERS = ("latent_dim", "data_dim", "hidden", "layers", "kernel_size")
 
 
 def check_data(x, width, dtype, name="x"):
@@ -65,6 +69,30 @@ class LatentModel(nn.Module):
     latent_dim: int
     data_dim: int
     config: dict
+
+    @classmethod
+    def check_config(cls, config):
+        """Raise a clear error unless ``config`` (e.g. read from a checkpoint) is a dict of
+        this class's constructor arguments with valid sizes; called before building.
+
+        Raises
+        ------
+        TypeError
+            Not a dict, or a key the constructor does not take.
+        ValueError
+            A size that is not a positive integer.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"a {cls.__name__} config must be a dict, got "
+                            f"{type(config).__name__}")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(config) - accepted)
+        if unknown:
+            raise TypeError(f"{cls.__name__} takes no argument(s) {unknown}")
+        for key in POSITIVE_INTEGERS:
+            value = config.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
     @property
     def dtype(self):

@@ -9,6 +9,7 @@ record as one run of them all; every part's command is kept under ``parts``.
 from __future__ import annotations
 
 from .settings import MODELS, TRAINING_KEYS
+from ...errors import NiftyFishernetError
 
 __all__ = ["RunMismatchError", "check_mergeable", "merge_records", "complete_cells",
            "paper_order"]
@@ -20,7 +21,7 @@ TABLE1_KEYS = ("features", "fid_images", "mkde", "inception_images")
 CALIBRATION_KEYS = ("calibration", "calibration_nifty")
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(NiftyFishernetError, ValueError):
     """The output folder holds a run with another training setting."""
 
 
