@@ -11,6 +11,7 @@ they run per process on its shard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistributedContext", "distributed_context", "LossModule"]
+__all__ = ["DistributedContext", "distributed_context", "distributed_session", "LossModule"]
 
 
 @dataclass
@@ -77,6 +78,18 @@ def distributed_context(device):
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+@contextlib.contextmanager
+def distributed_session(device):
+    """:func:`distributed_context` as a ``with`` block that leaves the process group at its end
+    if it joined it (a caller that joined it first keeps it: nested sessions are free)."""
+    joined = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        yield distributed_context(device)
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 class LossModule(nn.Module):

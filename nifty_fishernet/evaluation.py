@@ -22,6 +22,7 @@ from .density import (DensityFileError, GaussianMixtureDensity, GridTooLargeErro
                       load_density)
 from .metrics.features import CLASSIFIER_FILE
 from .metrics.fid import feature_statistics, fid
+from .validation import EVALUATION_BATCH
 
 __all__ = ["sample_quality", "encode_means", "decode_latents", "jsonable"]
 
@@ -32,7 +33,7 @@ def _batches(n, size):
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def encode_means(model, images, batch_size=1000):
+def encode_means(model, images, batch_size=EVALUATION_BATCH):
     """Encoder means of ``images`` as a float64 ``(n, d)`` array."""
     out = []
     with torch.no_grad():
@@ -42,7 +43,7 @@ def encode_means(model, images, batch_size=1000):
     return np.concatenate(out)
 
 
-def decode_latents(model, latents, batch_size=1000):
+def decode_latents(model, latents, batch_size=EVALUATION_BATCH):
     """Decoded ``(n, d)`` latents as float32 ``(n, k)`` images, clipped to [0, 1]."""
     out = []
     with torch.no_grad():

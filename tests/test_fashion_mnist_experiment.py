@@ -161,7 +161,7 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     args = ["--out", str(out), "--dims", "2", "--epochs", "2", "--n-train", "256",
             "--models", "FisherNet", "VAE", "--fid-images", "100", "--mkde-iterations", "1",
             "--mkde-samples", "1", "--no-calibration"]
-    saved, real_save = [], nf.training.save
+    saved, real_save = [], nf.training.callbacks.save
 
     def save_then_maybe_die(path, model, **kwargs):
         real_save(path, model, **kwargs)
@@ -169,7 +169,7 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
         if len(saved) == 3:
             raise Interrupted
 
-    monkeypatch.setattr(nf.training, "save", save_then_maybe_die)
+    monkeypatch.setattr(nf.training.callbacks, "save", save_then_maybe_die)
     with pytest.raises(Interrupted):
         fm.main(args)
     assert saved == [("FisherNet", 1), ("FisherNet", 2), ("VAE", 1)]

@@ -155,3 +155,56 @@ def test_noise_lr_calibrates_the_noise_level_to_the_residuals(fmnist_small):
     variance, mse = result[1e-2]
     assert 0.5 < variance / mse < 2.0, result
     assert result[None][0] > 5 * result[None][1], result  # the lagging default
+
+
+def test_resuming_with_other_settings_is_an_error_unless_asked_and_then_recorded(fmnist_small,
+                                                                               tmp_path):
+    """A checkpoint trained at lr 1e-3, batch 64 on 512 images: resuming it with another lr,
+    batch size, seed, number of data or noise_lr names every difference; with
+    change_settings=True the optimizer really uses the new rates and the record says so."""
+    train_x, test_x, _ = fmnist_small
+    path = tmp_path / "run.h5"
+    kw = dict(progress=False, checkpoint=path)
+    torch.manual_seed(0)
+    nf.train(nf.VAE(2, hidden=32, learn_noise=True), train_x[:512], test_x[:50], epochs=1,
+             lr=1e-3, **kw)
+    record = nf.load_checkpoint(path).training_state
+    assert record["config"] == dict(epochs=1, batch_size=64, lr=1e-3, noise_lr=1e-3, seed=0,
+                                    n_train=512)
+    for changed, message in ((dict(lr=1e-4), r"lr 0.001 \(checkpoint\) -> 0.0001"),
+                             (dict(lr=1e-3, batch_size=32), "batch_size 64 .* -> 32"),
+                             (dict(lr=1e-3, seed=1), "seed 0 .* -> 1"),
+                             (dict(lr=1e-3, noise_lr=1e-2), r"noise_lr 0.001 .* -> 0.01"),
+                             (dict(lr=1e-3, images=256), "n_train 512 .* -> 256")):
+        images = train_x[:changed.pop("images", 512)]
+        with pytest.raises(ValueError, match="other settings: " + message):
+            nf.train(nf.VAE(2, hidden=32, learn_noise=True), images, test_x[:50], epochs=2,
+                     **changed, **kw)
+    assert nf.load_checkpoint(path).history["epoch"] == [1]  # nothing was trained
+
+    rates = []
+
+    class RecordRates(nf.training.Callback):
+        def epoch_started(self, state):
+            rates.append([group["lr"] for group in state.optimizer.param_groups])
+
+    model = nf.VAE(2, hidden=32, learn_noise=True)
+    nf.train(model, train_x[:512], test_x[:50], epochs=2, lr=1e-4, noise_lr=1e-2,
+             change_settings=True, callbacks=[RecordRates()], **kw)
+    assert rates == [[1e-4, 1e-2]]
+    record = nf.load_checkpoint(path).training_state
+    assert record["config"]["lr"] == 1e-4 and record["config"]["noise_lr"] == 1e-2
+    assert record["changes"] == [dict(after_epoch=1, changed=[
+        "lr 0.001 (checkpoint) -> 0.0001", "noise_lr 0.001 (checkpoint) -> 0.01"])]
+    saved = nf.load_checkpoint(path).optimizer_state["param_groups"]
+    assert [group["lr"] for group in saved] == [1e-4, 1e-2]
+
+
+def test_training_config_is_validated():
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        nf.training.TrainingConfig(epochs=1, lr=0)
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        nf.training.TrainingConfig(epochs=1, batch_size=0)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        nf.training.TrainingConfig(epochs=1, seed=1.5)
+    assert nf.training.TrainingConfig(epochs=2).effective_noise_lr == 1e-4

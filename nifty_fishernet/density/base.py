@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import FileFormatError
 from ..io import read_hdf5, write_hdf5
 from ..io.registry import DENSITY_TYPES
+from ..validation import as_latents
 
 __all__ = ["LatentDensity", "as_latents", "as_generator", "load_density", "DENSITY_TYPES",
            "DensityFileError"]
@@ -32,26 +33,6 @@ class DensityFileError(FileFormatError):
 def register_density(cls):
     """Class decorator: make ``cls`` loadable by :func:`load_density`."""
     return DENSITY_TYPES.register(cls)
-
-
-def as_latents(latents, name="latents", latent_dim=None):
-    """``latents`` as a finite float64 ``(n, d)`` array with ``n >= 1``, or a clear error."""
-    if hasattr(latents, "detach"):  # a torch tensor, on whatever device
-        latents = latents.detach().cpu().numpy()
-    array = np.asarray(latents)
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    if array.ndim != 2:
-        raise ValueError(f"{name} must have shape (n, latent_dim), got {array.shape}")
-    if array.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if latent_dim is not None and array.shape[1] != latent_dim:
-        raise ValueError(f"{name} have latent dimension {array.shape[1]}, the estimator was "
-                         f"fitted in {latent_dim}")
-    array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contain non-finite values")
-    return array
 
 
 def as_generator(generator):

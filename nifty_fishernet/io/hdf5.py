@@ -113,7 +113,7 @@ def read_hdf5(path, format, version, error=FileFormatError, what="file", hashed_
             if f.attrs.get("format") != format:
                 raise error(f"{path} is an HDF5 file but not a nifty_fishernet {what} "
                             f"(format {f.attrs.get('format')!r}, expected {format!r})")
-            found = int(f.attrs["format_version"])
+            found = int(f.attrs.get("format_version", 1))  # the first files had none
             if found > version:
                 raise error(f"{path} has {what} format {found}; this version of "
                             f"nifty_fishernet reads up to {version}")

@@ -15,7 +15,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +24,7 @@ import json
 
 from ..checkpoint import CheckpointError
 from ..io import read_hdf5, read_tensors, write_hdf5, write_tensors
+from ..validation import EVALUATION_BATCH, as_image_batch
 from ..data import load_fashion_mnist, user_cache_dir
 
 __all__ = ["FashionClassifier", "fashion_classifier", "FashionFeatures", "InceptionFeatures",
@@ -42,29 +42,9 @@ INCEPTION_ENV = "NIFTY_FISHERNET_INCEPTION"
 
 
 def as_images(images, name="images"):
-    """Images as a float32 ``(n, 1, 28, 28)`` tensor in [0, 1], or a clear error.
-
-    Accepts ``(n, 784)``, ``(n, 28, 28)`` or ``(n, 1, 28, 28)`` arrays or tensors.
-    """
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    array = np.asarray(images)
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    if array.ndim == 0 or array.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    n = array.shape[0]
-    if array.shape[1:] not in ((784,), IMAGE_SHAPE, (1,) + IMAGE_SHAPE):
-        raise ValueError(f"{name} must have shape (n, 784), (n, 28, 28) or (n, 1, 28, 28), "
-                         f"got {array.shape}")
-    array = array.astype(np.float32).reshape(n, 1, *IMAGE_SHAPE)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contain non-finite values")
-    low, high = float(array.min()), float(array.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise ValueError(f"{name} must lie in [0, 1] (pixel intensities), got values in "
-                         f"[{low:.3g}, {high:.3g}]")
-    return torch.from_numpy(np.clip(array, 0.0, 1.0))
+    """Images as a float32 ``(n, 1, 28, 28)`` tensor in [0, 1], or a clear error
+    (:func:`nifty_fishernet.validation.as_image_batch`)."""
+    return as_image_batch(images, name, IMAGE_SHAPE)
 
 
 class FashionClassifier(nn.Module):
@@ -89,7 +69,7 @@ class FashionClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _accuracy(model, images, labels, batch_size=1000):
+def _accuracy(model, images, labels, batch_size=EVALUATION_BATCH):
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -157,7 +137,7 @@ def fashion_classifier(cache_dir=None, progress=True):
         try:
             with read_hdf5(path, CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION, CheckpointError,
                            "FID classifier", hashed_since=2) as f:
-                version = int(f.attrs["format_version"])
+                version = int(f.attrs.get("format_version", 1))
                 model = FashionClassifier()
                 model.load_state_dict(read_tensors(f["model"]))
                 accuracy = float(f.attrs["test_accuracy"])

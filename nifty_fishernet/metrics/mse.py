@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import EVALUATION_BATCH
+
 __all__ = ["reconstruction_mse"]
 
 
 @torch.no_grad()
-def reconstruction_mse(model, images, batch_size=1000, per_image=False):
+def reconstruction_mse(model, images, batch_size=EVALUATION_BATCH, per_image=False):
     """Mean squared error of the reconstructions from the encoder mean (Eq. 32-33).
 
     Parameters

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..io.registry import MODEL_TYPES
+from ..validation import check_batch as check_data
 
 __all__ = ["LatentModel", "MODEL_TYPES", "register_model", "check_data"]
 
@@ -20,38 +21,6 @@ def register_model(cls):
 
 #: Constructor arguments that must be positive integers wherever a model has them.
 POSITIVE_INTEGERS = ("latent_dim", "data_dim", "hidden", "layers", "kernel_size")
-
-
-def check_data(x, width, dtype, name="x"):
-    """Raise a clear error unless ``x`` is a finite floating tensor of shape ``(B, width)``.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        The batch to check.
-    width : int
-        Expected size of the last axis.
-    dtype : torch.dtype
-        The model's parameter dtype, which ``x`` must match.
-    name : str
-        How the error messages refer to ``x``.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be floating point (images scaled to [0, 1]), got "
-                        f"dtype {x.dtype}")
-    if x.dtype != dtype:
-        raise TypeError(f"{name} has dtype {x.dtype} but the model computes in {dtype}; "
-                        f"convert one of them (x.to({dtype}) or model.to({x.dtype}))")
-    if x.ndim != 2 or x.shape[1] != width:
-        raise ValueError(f"{name} must have shape (batch, {width}), got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).any(dim=1).sum())
-        raise ValueError(f"{name} contains non-finite values (NaN or inf) in {bad} of "
-                         f"{x.shape[0]} rows")
 
 
 class LatentModel(nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...io import write_text
 from .paper import PAPER_VAE_MSE_EXCESS, PAPER_VAE_MSE_PLATEAU
 from .table1 import table1_markdown
 
@@ -129,5 +130,5 @@ def calibration_markdown(results):
 def write_summary(report, folder):
     """Write :func:`summary_markdown` to ``folder/summary.md``; returns the path."""
     path = Path(folder) / "summary.md"
-    path.write_text(summary_markdown(report))
+    write_text(path, summary_markdown(report))
     return path

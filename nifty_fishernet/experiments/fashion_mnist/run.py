@@ -72,10 +72,10 @@ import numpy as np
 import torch
 
 from ...cache import ResultCache, fingerprint
-from ...checkpoint import atomic_path
+from ...io import write_text
 from ...calibration import calibrate
 from ...data import load_fashion_mnist
-from ...distributed import distributed_context
+from ...distributed import distributed_session
 from ...evaluation import encode_means, jsonable, sample_quality
 from ...plotting import plot_calibration, plot_latent_density
 from ...training import resolve_device, train
@@ -261,12 +261,9 @@ def main(argv=None):
     out = args.out
     (out / "models").mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
-    context = distributed_context(device)  # under torchrun: one training process per rank
-    try:
+    # under torchrun: one training process per rank, the group left at the end
+    with distributed_session(device) as context:
         return _run(args, argv, setting, device, context)
-    finally:
-        if context.active:
-            torch.distributed.destroy_process_group()
 
 
 def _run(args, argv, setting, device, context):
@@ -335,8 +332,7 @@ def _run(args, argv, setting, device, context):
 
 
 def _write_json(path, value):
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(value, indent=1))
+    write_text(path, json.dumps(value, indent=1))
 
 
 def _print_mse(record):

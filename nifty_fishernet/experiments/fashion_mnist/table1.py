@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ...evaluation import jsonable
+from ...io import write_text
 from .paper import PAPER_TABLE1
 
 __all__ = ["QUANTITIES", "table1_markdown", "write_table1"]
@@ -54,6 +55,6 @@ def write_table1(quality, folder):
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / "table1.json", folder / "table1.md"
     record = dict(quality, paper=PAPER_TABLE1)
-    json_path.write_text(json.dumps(jsonable(record), indent=1))
-    md_path.write_text(table1_markdown(quality))
+    write_text(json_path, json.dumps(jsonable(record), indent=1))
+    write_text(md_path, table1_markdown(quality))
     return json_path, md_path
