@@ -20,12 +20,14 @@ and both the metric ``jt @ jt^T`` and ``J^T n`` consume that layout directly.
 
 from __future__ import annotations
 
+import abc
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "FusedJacobian",
     "decoder_jacobian",
     "metric_from_jacobian",
     "draw_metric_noise",
@@ -38,17 +40,33 @@ __all__ = [
 ]
 
 
-def decoder_jacobian(decoder, z):
+class FusedJacobian(abc.ABC):
+    """A decoder that computes its value and transposed Jacobian in one forward pass (as
+    :class:`nifty_fishernet.models.MLP` does): what :func:`decoder_jacobian` uses for
+    ``method="fused"`` (and ``"auto"``)."""
+
+    @abc.abstractmethod
+    def forward_with_jacobian(self, z):
+        """``(f(z) (B, k), J(z)^T (B, d, k))``."""
+
+
+#: The ways :func:`decoder_jacobian` computes a Jacobian.
+JACOBIAN_METHODS = ("auto", "fused", "autodiff")
+
+
+def decoder_jacobian(decoder, z, method="auto"):
     """Value and transposed Jacobian of a batched decoder.
 
     Parameters
     ----------
     decoder : callable
-        Maps ``(B, d) -> (B, k)`` row by row. If it has a ``forward_with_jacobian`` method
-        (as :class:`nifty_fishernet.models.MLP` does) that fused pass is used; otherwise
-        ``torch.func.vmap(torch.func.jacfwd(...))``.
+        Maps ``(B, d) -> (B, k)`` row by row.
     z : torch.Tensor
         Latent points, shape ``(B, d)``.
+    method : {"auto", "fused", "autodiff"}
+        ``"fused"``: the decoder's own pass (it must be a :class:`FusedJacobian`);
+        ``"autodiff"``: ``torch.func.vmap(torch.func.jacfwd(...))``, for any decoder;
+        ``"auto"``: fused where the decoder is a :class:`FusedJacobian`, else autodiff.
 
     Returns
     -------
@@ -58,9 +76,14 @@ def decoder_jacobian(decoder, z):
         ``J(z)^T``, shape ``(B, d, k)``. Differentiable if ``z`` or the decoder's
         parameters require gradients.
     """
-    fused = getattr(decoder, "forward_with_jacobian", None)
-    if fused is not None:
-        return fused(z)
+    if method not in JACOBIAN_METHODS:
+        raise ValueError(f"method must be one of {JACOBIAN_METHODS}, got {method!r}")
+    fused = isinstance(decoder, FusedJacobian)
+    if method == "fused" and not fused:
+        raise TypeError(f"method='fused' needs a FusedJacobian decoder, got "
+                        f"{type(decoder).__name__}; use method='autodiff'")
+    if method != "autodiff" and fused:
+        return decoder.forward_with_jacobian(z)
 
     def single(zi):
         y = decoder(zi.unsqueeze(0)).squeeze(0)

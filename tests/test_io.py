@@ -75,7 +75,7 @@ def test_an_invalid_config_is_a_checkpoint_error_before_the_model_is_built(tmp_p
     """A file with a valid hash whose config cannot build its model (``latent_dim: -5``, a
     key the class does not take) is a CheckpointError naming the problem."""
     for config, message in (({"latent_dim": -5}, "latent_dim must be a positive integer"),
-                            ({"latent_dim": 2, "depth": 3}, r"no argument\(s\) \['depth'\]")):
+                            ({"latent_dim": 2, "depth": 3}, r"no field\(s\) \['depth'\]")):
         path = tmp_path / "bad.h5"
         with io.write_hdf5(path, FORMAT, 2) as f:
             for key, value in dict(package_version=nf.__version__, model_type="FisherNet",

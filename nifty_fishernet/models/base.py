@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
 from ..io.registry import MODEL_TYPES
 from ..validation import check_batch as check_data
+from .config import ModelConfig
 
 __all__ = ["LatentModel", "MODEL_TYPES", "register_model", "check_data"]
 
@@ -19,49 +18,57 @@ def register_model(cls):
     return MODEL_TYPES.register(cls)
 
 
-#: Constructor arguments that must be positive integers wherever a model has them.
-POSITIVE_INTEGERS = ("latent_dim", "data_dim", "hidden", "layers", "kernel_size")
-
-
 class LatentModel(nn.Module):
     """Base class: an autoencoder with a Gaussian latent posterior per datum.
 
-    Subclasses set ``latent_dim`` and ``data_dim``, hold ``decoder`` (the network ``f``) and
-    ``noise`` (:class:`~nifty_fishernet.models.noise.GaussianNoise`), and implement
-    :meth:`encode`, :meth:`decode`, :meth:`loss`, :meth:`amortized_posterior` and
-    :meth:`sample_amortized`. :meth:`posterior` and :meth:`sample_posterior` add the refined
-    posterior (:func:`~nifty_fishernet.models.refine.refine_posterior`) for every model.
-    ``config`` holds the constructor arguments, which is all a checkpoint needs to rebuild
-    the model.
+    Subclasses build their settings dataclass (:attr:`Config`) and pass it to
+    :meth:`_set_config` (which sets ``latent_dim``, ``data_dim``, ``model_config`` and its
+    stored form ``config``, all a checkpoint needs to rebuild the model), hold ``decoder``
+    (the network ``f``) and ``noise`` (:class:`~nifty_fishernet.models.noise.GaussianNoise`),
+    and implement :meth:`encode`, :meth:`decode`, :meth:`loss`, :meth:`amortized_posterior`,
+    :meth:`encode_posterior` and :meth:`sample_latent` (one signature for all models).
+    :meth:`posterior` and :meth:`sample_posterior` add the refined posterior
+    (:func:`~nifty_fishernet.models.refine.refine_posterior`) for every model.
     """
 
     latent_dim: int
     data_dim: int
     config: dict
 
+    #: The settings dataclass of this model class (:mod:`nifty_fishernet.models.config`).
+    Config = ModelConfig
+    #: The network ``f`` from latents ``(B, d)`` to data means ``(B, k)``.
+    decoder: nn.Module
+    #: The Gaussian likelihood's noise ``N = exp(xi_N) 1``, fixed or learned.
+    noise: nn.Module
+
+    def _set_config(self, config):
+        """Keep the validated settings (``model_config``), their stored form (``config``) and
+        the sizes every model has."""
+        self.model_config = config
+        self.config = config.to_dict()
+        self.latent_dim = config.latent_dim
+        if hasattr(config, "data_dim"):
+            self.data_dim = config.data_dim
+
     @classmethod
     def check_config(cls, config):
         """Raise a clear error unless ``config`` (e.g. read from a checkpoint) is a dict of
-        this class's constructor arguments with valid sizes; called before building.
+        this class's settings with valid values; called before building.
 
         Raises
         ------
         TypeError
-            Not a dict, or a key the constructor does not take.
+            Not a dict, or a key the class does not take.
         ValueError
-            A size that is not a positive integer.
+            An invalid value (e.g. a size that is not a positive integer).
         """
-        if not isinstance(config, dict):
-            raise TypeError(f"a {cls.__name__} config must be a dict, got "
-                            f"{type(config).__name__}")
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(config) - accepted)
-        if unknown:
-            raise TypeError(f"{cls.__name__} takes no argument(s) {unknown}")
-        for key in POSITIVE_INTEGERS:
-            value = config.get(key, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        cls.Config.from_dict(config)
+
+    @property
+    def noise_variance(self):
+        """Decoder noise variance ``exp(xi_N)`` as a float (1.0 for the paper's VAE)."""
+        return float(self.noise.std) ** 2
 
     @property
     def dtype(self):
@@ -98,9 +105,23 @@ class LatentModel(nn.Module):
         """The encoder's posterior approximation ``(mu (B, d), covariance (B, d, d))``."""
         raise NotImplementedError
 
+    def encode_posterior(self, x):
+        """The amortized posterior's parameters, ``{"mu": (B, d), ...}``: exactly the keyword
+        arguments :meth:`sample_latent` takes besides ``n_samples`` and ``generator``."""
+        raise NotImplementedError
+
+    def sample_latent(self, mu, n_samples=1, generator=None, **parameters):
+        """Draws ``(n_samples, B, d)`` from the amortized posterior with mean ``mu`` and the
+        further ``parameters`` of :meth:`encode_posterior` (none for the FisherNet, whose
+        covariance follows from ``mu``; ``logvar`` for the VAEs). Every model has this
+        signature, so ``model.sample_latent(**model.encode_posterior(x), n_samples=S)``
+        works for all."""
+        raise NotImplementedError
+
     def sample_amortized(self, x, n_samples=1, generator=None):
         """Draws from :meth:`amortized_posterior`: ``(n_samples, B, d)``."""
-        raise NotImplementedError
+        return self.sample_latent(n_samples=n_samples, generator=generator,
+                                  **self.encode_posterior(x))
 
     def posterior(self, x, refine=False, **options):
         """Latent posterior ``(mean (B, d), covariance (B, d, d))`` of data ``x``.

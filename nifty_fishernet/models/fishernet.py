@@ -8,12 +8,12 @@ from ..fisher import (decoder_jacobian, draw_metric_noise, inverse_metric_offset
                       inverse_metric_offsets_cholesky, metric_from_jacobian, newton_map,
                       principal_axes)
 from .base import LatentModel, register_model
+from .config import SOLVERS, FisherNetConfig
 from .mlp import MLP
 from .noise import GaussianNoise
 
 __all__ = ["FisherNet"]
 
-_SOLVERS = ("auto", "cholesky", "cg")
 #: Above this latent dimension ``solver="auto"`` switches from Cholesky to matrix-free CG.
 CHOLESKY_MAX_DIM = 64
 
@@ -49,6 +49,9 @@ class FisherNet(LatentModel):
         sigma from the MAP.
     map_steps : int
         Newton steps per batch for that MAP.
+    jacobian : {"auto", "fused", "autodiff"}
+        How the decoder's Jacobian is computed: the MLP decoder's fused forward pass
+        (``auto``, the same numbers as autodiff), or forward-mode autodiff.
 
     Notes
     -----
@@ -56,35 +59,24 @@ class FisherNet(LatentModel):
     standard-normal prior.
     """
 
+    Config = FisherNetConfig
+
     def __init__(self, latent_dim, data_dim=784, hidden=448, layers=3, solver="auto",
                  differentiate_metric=False, n_samples=1, log_det=False, map_weight=0.0,
-                 map_steps=3):
+                 map_steps=3, jacobian="auto"):
         super().__init__()
-        if solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
-        for name, value in (("n_samples", n_samples), ("map_steps", map_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not float(map_weight) >= 0:
-            raise ValueError(f"map_weight must be >= 0, got {map_weight!r}")
-        self.n_samples = int(n_samples)
-        self.log_det = bool(log_det)
-        self.map_weight = float(map_weight)
-        self.map_steps = int(map_steps)
-        self.latent_dim = int(latent_dim)
-        self.data_dim = int(data_dim)
-        self.solver = solver
-        self.differentiate_metric = bool(differentiate_metric)
-        self.config = dict(latent_dim=self.latent_dim, data_dim=self.data_dim, hidden=hidden,
-                           layers=layers, solver=solver,
-                           differentiate_metric=self.differentiate_metric)
-        # the paper's loss keeps the config as before (old checkpoints and cache keys stay)
-        for name, default in (("n_samples", 1), ("log_det", False), ("map_weight", 0.0),
-                              ("map_steps", 3)):
-            if getattr(self, name) != default:
-                self.config[name] = getattr(self, name)
-        self.encoder = MLP(data_dim, latent_dim, hidden, layers)
-        self.decoder = MLP(latent_dim, data_dim, hidden, layers, output_activation="sigmoid")
+        self._set_config(FisherNetConfig(
+            latent_dim=latent_dim, data_dim=data_dim, hidden=hidden, layers=layers,
+            solver=solver, differentiate_metric=differentiate_metric, n_samples=n_samples,
+            log_det=log_det, map_weight=map_weight, map_steps=map_steps, jacobian=jacobian))
+        c = self.model_config
+        self.n_samples, self.log_det = c.n_samples, c.log_det
+        self.map_weight, self.map_steps = c.map_weight, c.map_steps
+        self.solver, self.differentiate_metric = c.solver, c.differentiate_metric
+        self.jacobian = c.jacobian
+        self.encoder = MLP(c.data_dim, c.latent_dim, c.hidden, c.layers)
+        self.decoder = MLP(c.latent_dim, c.data_dim, c.hidden, c.layers,
+                           output_activation="sigmoid")
         self.noise = GaussianNoise(learn=True)
 
     @property
@@ -102,8 +94,8 @@ class FisherNet(LatentModel):
 
     def _resolve_solver(self, solver):
         solver = self.solver if solver is None else solver
-        if solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         if solver == "auto":
             return "cholesky" if self.latent_dim <= CHOLESKY_MAX_DIM else "cg"
         return solver
@@ -111,7 +103,7 @@ class FisherNet(LatentModel):
     def metric(self, mu):
         """``M(mu) = J^T exp(-xi_N) J + 1`` (Eq. 20), shape ``(B, d, d)``."""
         self._check_latent(mu, "mu")
-        _, jt = decoder_jacobian(self.decoder, mu)
+        _, jt = decoder_jacobian(self.decoder, mu, self.jacobian)
         return metric_from_jacobian(jt, self.noise.precision)
 
     def posterior_covariance(self, mu):
@@ -142,11 +134,16 @@ class FisherNet(LatentModel):
         n_star = torch.sqrt(precision) * eps
         if solver == "cholesky":
             if jt is None:
-                _, jt = decoder_jacobian(self.decoder, mu)
+                _, jt = decoder_jacobian(self.decoder, mu, self.jacobian)
             return inverse_metric_offsets_cholesky(jt, precision, n_star, eta)
         return inverse_metric_offsets_cg(self.decoder, mu, precision, n_star, eta)
 
-    def sample_latent(self, mu, n_samples=1, generator=None, solver=None, noise=None):
+    def encode_posterior(self, x):
+        """``{"mu": mu}``: the FisherNet's encoder gives the mean only; the covariance is
+        ``M(mu)^{-1}``."""
+        return {"mu": self.encode(x)}
+
+    def sample_latent(self, mu, n_samples=1, generator=None, *, solver=None, noise=None):
         """Draw ``z* ~ N(mu, M(mu)^{-1})`` as in Eq. 28-31.
 
         Parameters
@@ -170,9 +167,6 @@ class FisherNet(LatentModel):
         """
         self._check_latent(mu, "mu")
         return mu + self._offsets(mu, n_samples, generator, solver, noise)
-
-    def sample_amortized(self, x, n_samples=1, generator=None):
-        return self.sample_latent(self.encode(x), n_samples, generator)
 
     def loss(self, x, n_data=None, generator=None, differentiate_metric=None, noise=None):
         """Eq. 25 with ``S`` samples per datum (``n_samples``; the paper: 1), divided by the
@@ -208,7 +202,7 @@ class FisherNet(LatentModel):
                          else differentiate_metric)
         mu = self.encode(x)
         # the log-det term needs J(mu) with gradients; the sampling reuses it
-        jt = decoder_jacobian(self.decoder, mu)[1] if self.log_det else None
+        jt = decoder_jacobian(self.decoder, mu, self.jacobian)[1] if self.log_det else None
         if differentiate:
             offset = self._offsets(mu, self.n_samples, generator, None, noise, jt)
         else:

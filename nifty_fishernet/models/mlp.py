@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fisher import FusedJacobian
+
 __all__ = ["MLP"]
 
 
-class MLP(nn.Module):
+class MLP(nn.Module, FusedJacobian):
     """``in_features -> hidden x layers -> out_features`` with ReLU between dense layers.
 
     Parameters

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..fisher import latent_energy
+from ..validation import check_batch
 from .mlp import MLP
 
 __all__ = ["PosteriorNetwork", "fit_posterior_network"]
@@ -134,7 +135,7 @@ def fit_posterior_network(model, steps=4000, batch_size=256, lr=1e-3, hidden=512
     model.eval()
     if real_images is not None:
         real_images = torch.as_tensor(real_images, dtype=model.dtype, device=model.device)
-        model._check_data(real_images, "real_images")
+        check_batch(real_images, model.data_dim, model.dtype, "real_images")
     torch.manual_seed(seed)
     network = PosteriorNetwork(model, hidden, layers).to(model.device, model.dtype)
     generator = torch.Generator(device=model.device).manual_seed(int(seed) + 1)

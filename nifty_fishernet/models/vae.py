@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .base import LatentModel, register_model
+from .config import ConvVAEConfig, VAEConfig
 from .mlp import MLP
 from .noise import GaussianNoise
 
@@ -21,11 +22,10 @@ class _GaussianEncoderVAE(LatentModel):
     "calibrated decoder" ablation).
     """
 
-    def _init_noise(self, learn_noise, noise_variance=1.0):
-        self.learn_noise = bool(learn_noise)
-        self.noise = GaussianNoise(learn=self.learn_noise, variance=noise_variance)
-        if float(noise_variance) != 1.0:  # the paper's default keeps configs (and keys) as before
-            self.config["noise_variance"] = float(noise_variance)
+    def _init_noise(self):
+        self.learn_noise = self.model_config.learn_noise
+        self.noise = GaussianNoise(learn=self.learn_noise,
+                                   variance=self.model_config.noise_variance)
 
     def encode_distribution(self, x):
         """Encoder mean and log-variance, each ``(B, d)``."""
@@ -40,6 +40,11 @@ class _GaussianEncoderVAE(LatentModel):
         self._check_latent(z)
         return self.decoder(z)
 
+    def encode_posterior(self, x):
+        """``{"mu": mu, "logvar": log sigma^2}``, the encoder's diagonal Gaussian."""
+        mu, logvar = self.encode_distribution(x)
+        return {"mu": mu, "logvar": logvar}
+
     def sample_latent(self, mu, n_samples=1, generator=None, *, logvar):
         """Draw ``z ~ N(mu, diag(exp(logvar)))``: ``(n_samples, B, d)``."""
         self._check_latent(mu, "mu")
@@ -51,10 +56,6 @@ class _GaussianEncoderVAE(LatentModel):
     def amortized_posterior(self, x):
         mu, logvar = self.encode_distribution(x)
         return mu, torch.diag_embed(torch.exp(logvar))
-
-    def sample_amortized(self, x, n_samples=1, generator=None):
-        mu, logvar = self.encode_distribution(x)
-        return self.sample_latent(mu, n_samples, generator, logvar=logvar)
 
     def loss(self, x, n_data=None, generator=None):
         """Negative ELBO per datum, averaged over the batch (one reparametrised sample)::
@@ -93,16 +94,19 @@ class VAE(_GaussianEncoderVAE):
         not with ``learn_noise``.
     """
 
+    Config = VAEConfig
+
     def __init__(self, latent_dim, data_dim=784, hidden=448, layers=3, learn_noise=False,
                  noise_variance=1.0):
         super().__init__()
-        self.latent_dim = int(latent_dim)
-        self.data_dim = int(data_dim)
-        self.config = dict(latent_dim=self.latent_dim, data_dim=self.data_dim, hidden=hidden,
-                           layers=layers, learn_noise=bool(learn_noise))
-        self.encoder = MLP(data_dim, 2 * latent_dim, hidden, layers)
-        self.decoder = MLP(latent_dim, data_dim, hidden, layers, output_activation="sigmoid")
-        self._init_noise(learn_noise, noise_variance)
+        self._set_config(VAEConfig(latent_dim=latent_dim, data_dim=data_dim, hidden=hidden,
+                                   layers=layers, learn_noise=learn_noise,
+                                   noise_variance=noise_variance))
+        c = self.model_config
+        self.encoder = MLP(c.data_dim, 2 * c.latent_dim, c.hidden, c.layers)
+        self.decoder = MLP(c.latent_dim, c.data_dim, c.hidden, c.layers,
+                           output_activation="sigmoid")
+        self._init_noise()
 
 
 class _Unflatten(nn.Module):
@@ -141,21 +145,22 @@ class ConvVAE(_GaussianEncoderVAE):
         ``(channels, height, width)``; height and width divisible by the product of strides.
     """
 
+    Config = ConvVAEConfig
+
     def __init__(self, latent_dim, learn_noise=False, hidden=448, filters=(32, 32, 64),
                  kernel_size=3, strides=(2, 1, 2), image_shape=(1, 28, 28), noise_variance=1.0):
         super().__init__()
-        channels, height, width = image_shape
+        self._set_config(ConvVAEConfig(
+            latent_dim=latent_dim, learn_noise=learn_noise, hidden=hidden, filters=filters,
+            kernel_size=kernel_size, strides=strides, image_shape=image_shape,
+            noise_variance=noise_variance))
+        c = self.model_config
+        channels, height, width = image_shape = c.image_shape
+        filters, strides, kernel_size, hidden = c.filters, c.strides, c.kernel_size, c.hidden
         reduction = 1
         for s in strides:
             reduction *= s
-        if height % reduction or width % reduction:
-            raise ValueError(f"image_shape {tuple(image_shape)} is not divisible by the "
-                             f"product of the strides {tuple(strides)}")
-        self.latent_dim = int(latent_dim)
         self.data_dim = channels * height * width
-        self.config = dict(latent_dim=self.latent_dim, learn_noise=bool(learn_noise),
-                           hidden=hidden, filters=list(filters), kernel_size=kernel_size,
-                           strides=list(strides), image_shape=list(image_shape))
         pad = kernel_size // 2
         small = (filters[-1], height // reduction, width // reduction)
         n_small = small[0] * small[1] * small[2]
@@ -178,4 +183,4 @@ class ConvVAE(_GaussianEncoderVAE):
             c_in = c_out
         dec += [nn.Conv2d(c_in, channels, kernel_size, padding=pad), nn.Flatten(), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)
-        self._init_noise(learn_noise, noise_variance)
+        self._init_noise()

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 import nifty_fishernet as nf
+from nifty_fishernet.distributed import distributed_session
 
 
 def main(out):
@@ -15,15 +16,17 @@ def main(out):
     test, _ = nf.load_fashion_mnist("test")
     torch.manual_seed(int(__import__("os").environ["RANK"]))  # different inits per rank:
     model = nf.FisherNet(2, hidden=32, layers=2)                 # DDP must make them equal
-    history = nf.train(model, train[:512], test[:64], epochs=2, batch_size=64, lr=1e-3,
-                       device="cpu", seed=0, progress=False,
-                       checkpoint=Path(out) / "ddp.h5")
-    rank = dist.get_rank()
-    np.savez(Path(out) / f"rank{rank}.npz",
-             world=dist.get_world_size(), test_mse=history["test_mse"],
-             **{k: v.detach().numpy() for k, v in model.state_dict().items()})
-    dist.barrier()
-    dist.destroy_process_group()
+    # joined here, so that train() uses the group and leaves it to this block to end
+    with distributed_session(torch.device("cpu")) as context:
+        history = nf.train(model, train[:512], test[:64], epochs=2, batch_size=64, lr=1e-3,
+                           device="cpu", seed=0, progress=False,
+                           checkpoint=Path(out) / "ddp.h5")
+        assert dist.is_initialized()
+        np.savez(Path(out) / f"rank{context.rank}.npz",
+                 world=context.world, test_mse=history["test_mse"],
+                 **{k: v.detach().numpy() for k, v in model.state_dict().items()})
+        dist.barrier()
+    assert not dist.is_initialized()  # the session left the group it joined
 
 
 if __name__ == "__main__":
