@@ -18,13 +18,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import ResultCache, fingerprint
-from .density import (DensityFileError, GaussianMixtureDensity, GridTooLargeError, MaternKDE,
-                      load_density)
+from .density import (DensityFileError, FlowDensity, GaussianMixtureDensity, GridTooLargeError,
+                      MaternKDE, load_density)
 from .metrics.features import CLASSIFIER_FILE
 from .metrics.fid import feature_statistics, fid
 from .validation import EVALUATION_BATCH
 
 __all__ = ["sample_quality", "encode_means", "decode_latents", "jsonable"]
+
+#: The latent density estimators of Table 1, by key.
+ESTIMATORS = {"mkde": MaternKDE, "gmm": GaussianMixtureDensity, "flow": FlowDensity}
 
 #: Part of every cache key: raise it when a change alters the numbers of an entry.
 EVALUATION_VERSION = 1
@@ -57,7 +60,7 @@ def decode_latents(model, latents, batch_size=EVALUATION_BATCH):
 def sample_quality(models, train_images, test_images, n_images=10_000, features="fmnist",
                    estimators=("mkde", "gmm"), seed=0, device="cpu", mkde_options=None,
                    gmm_options=None, feature_options=None, progress=True, densities=None,
-                   cache_dir=None, force=False):
+                   cache_dir=None, force=False, flow_options=None):
     """FIDs of reconstructions and generated samples for every model and latent dimension.
 
     Parameters
@@ -71,12 +74,14 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
         Images per FID (10,000 in the paper).
     features : {"fmnist", "inception"} or callable
         Feature network of the FID (see :func:`nifty_fishernet.fid`).
-    estimators : sequence of {"mkde", "gmm"}
-        Latent density estimators to sample from; "mkde" only where its grid fits (d <= 5).
+    estimators : sequence of {"mkde", "gmm", "flow"}
+        Latent density estimators to sample from (:class:`MaternKDE` only where its grid
+        fits, d <= 5; :class:`GaussianMixtureDensity`; :class:`FlowDensity`).
     seed : int
         Seeds the N(0, 1) latents and the density estimators' draws.
-    mkde_options, gmm_options : dict, optional
-        Keyword arguments of :class:`MaternKDE` and :class:`GaussianMixtureDensity`.
+    mkde_options, gmm_options, flow_options : dict, optional
+        Keyword arguments of :class:`MaternKDE`, :class:`GaussianMixtureDensity` and
+        :class:`FlowDensity`.
     feature_options : dict, optional
         Keyword arguments of :func:`feature_statistics` (``cache_dir``, ``inception_path``,
         ``batch_size``).
@@ -103,9 +108,9 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
         with the reason under ``notes``) and the estimators' fit details; ``cached`` lists
         the entries read from ``cache_dir``.
     """
-    unknown = set(estimators) - {"mkde", "gmm"}
+    unknown = set(estimators) - set(ESTIMATORS)
     if unknown:
-        raise ValueError(f"unknown estimators {sorted(unknown)}; use 'mkde' and/or 'gmm'")
+        raise ValueError(f"unknown estimators {sorted(unknown)}; use any of {ESTIMATORS}")
     n = min(int(n_images), len(test_images), len(train_images))
     if n < 2:
         raise ValueError(f"need at least 2 images per FID, got {n}")
@@ -133,6 +138,8 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
                     classifier=CLASSIFIER_FILE if features == "fmnist" else None,
                     seed=int(seed), estimators=sorted(estimators), mkde=mkde_options,
                     gmm=gmm_options)
+    if "flow" in estimators:  # (keys of runs without the flow stay as they were)
+        settings["flow"] = flow_options
     images_key = None if cache is None else fingerprint(train_images, test_images[:n])
 
     floor_key = None if cache is None else fingerprint("floor", images_key, settings)
@@ -153,14 +160,15 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
         if cache is not None:
             key = fingerprint("table1", model, images_key, settings)
             paths = {kind: cache.path(f"density_{name}_d{d}_{kind}", key, ".h5")
-                     for kind in ("mkde", "gmm")}
+                     for kind in ESTIMATORS}
             entry, fitted = _stored_entry(cache, label, key, paths, densities is not None)
         if entry is not None:
             out["cached"].append([name, int(d)])
         else:
             entry, fitted = _quality_entry(model, train_images, test_images[:n], against_test,
                                            estimators, np.random.default_rng([int(seed), int(d)]),
-                                           mkde_options, gmm_options)
+                                           dict(mkde=mkde_options, gmm=gmm_options,
+                                                flow=flow_options))
             if cache is not None:
                 for kind, density in fitted.items():
                     density.save(paths[kind])
@@ -192,9 +200,8 @@ def _stored_entry(cache, label, key, density_paths, with_densities):
     return entry, fitted
 
 
-def _quality_entry(model, train_images, test_images, against_test, estimators, rng,
-                   mkde_options, gmm_options):
-    """One model's row of Table 1 and the estimators it fitted (``{"mkde"|"gmm": density}``)."""
+def _quality_entry(model, train_images, test_images, against_test, estimators, rng, options):
+    """One model's row of Table 1 and the estimators it fitted (``{kind: density}``)."""
     n = len(test_images)
     entry, fitted = {"notes": {}}, {}
     test_means = encode_means(model, test_images)
@@ -202,19 +209,19 @@ def _quality_entry(model, train_images, test_images, against_test, estimators, r
     normal = rng.standard_normal((n, model.latent_dim))
     entry["sample"] = against_test(decode_latents(model, normal))
     train_means = encode_means(model, train_images)
-    for key in ("mkde", "gmm"):
+    for key in ESTIMATORS:
+        if key == "flow" and key not in estimators:
+            continue  # (entries without the flow keep their old keys)
         entry[key] = None
         if key not in estimators:
             continue
+        density = ESTIMATORS[key](**(options[key] or {}))
         if key == "mkde":
-            density = MaternKDE(**(mkde_options or {}))
             try:
                 density.check_grid(model.latent_dim)
             except GridTooLargeError as err:
                 entry["notes"]["mkde"] = str(err)
                 continue
-        else:
-            density = GaussianMixtureDensity(**(gmm_options or {}))
         fit_began = time.perf_counter()
         density.fit(train_means)
         entry[f"{key}_fit_seconds"] = time.perf_counter() - fit_began
@@ -223,7 +230,7 @@ def _quality_entry(model, train_images, test_images, against_test, estimators, r
         if key == "gmm":
             entry["gmm_components"] = int(density.n_components)
             entry["gmm_at_limit"] = bool(density.at_limit)
-        else:
+        elif key == "mkde":
             entry["mkde_cells"] = list(density.cells)
             entry["mkde_memory_mib"] = density.memory_mib(model.latent_dim)
         draws = density.sample(n, generator=rng)

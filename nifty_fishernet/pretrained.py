@@ -9,6 +9,7 @@ recipe, trained once and kept in the user cache.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -35,7 +36,8 @@ def main_job_model(latent_dim, out=DEFAULT_OUT, seed=0, name="FisherNet"):
     return path if state.get("epochs_done") == SETTINGS["quick"]["epochs"] else None
 
 
-def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progress=False):
+def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progress=False,
+                    verbose=True):
     """A trained FisherNet: the given checkpoint, the main job's newest, or the quick recipe.
 
     Parameters
@@ -52,6 +54,8 @@ def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progr
         Seed of the quick recipe (initial weights, shuffling, sampling noise).
     progress : bool
         Show the training's progress bar.
+    verbose : bool
+        Say on stderr which model is used, and where none of the main job's was found.
 
     Returns
     -------
@@ -60,17 +64,26 @@ def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progr
     source : str
         Where it came from, for reports.
     """
+    given = checkpoint is not None
     if checkpoint is None:
         checkpoint = main_job_model(latent_dim, seed=seed)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.exists():
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        if verbose:
+            which = "the given model" if given else "the main job's model"
+            print(f"quick_fishernet: using {which} {checkpoint}", file=sys.stderr)
         return load(checkpoint).eval(), str(checkpoint)
     recipe = QUICK_RECIPE
     folder = Path(cache_dir) if cache_dir is not None else user_cache_dir("models")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"FisherNet_d{int(latent_dim)}_quick_seed{int(seed)}.h5"
+    if verbose:
+        print(f"quick_fishernet: no finished main-job model at "
+              f"{trained_model_path('FisherNet', latent_dim, 'quick', seed)}; "
+              + (f"using the quick recipe's model {path}" if path.exists() else
+                 f"training the quick recipe (~1 min) into {path}"), file=sys.stderr)
     torch.manual_seed(seed)
     model = FisherNet(int(latent_dim))
     train_images, _ = load_fashion_mnist("train")

@@ -142,7 +142,7 @@ def test_matern_kde_in_five_dimensions():
         cdf = stats.norm.cdf(edges / sigma[axis])
         cdf[0], cdf[-1] = 0.0, 1.0
         mass.append(np.diff(cdf))
-    index = kde._cell_index(test)
+    index = kde.cell_index(test)
     binned_truth = np.sum([np.log(mass[a][index[:, a]]) for a in range(5)], axis=0) \
         - np.log(kde.cell_volume)
     gap = binned_truth.mean() - kde.log_density(test).mean()
@@ -216,3 +216,23 @@ def test_saved_density_reads_back_identical(fitted, mixture_data, name, tmp_path
         load_density(tmp_path / "missing.h5")
     with pytest.raises(RuntimeError, match="not fitted"):
         nf.GaussianMixtureDensity().save(tmp_path / "unfitted.h5")
+
+
+def test_mixture_selection_extends_to_an_interior_peak():
+    """40 well-separated clusters: with candidates 1, 2, 4 the plain search ends at its edge
+    (at_limit), ``extend=True`` keeps doubling until the held-out score falls again, and
+    ``search_size`` chooses on a subset and refits the chosen size on all points."""
+    rng = np.random.default_rng(4)
+    centres = rng.uniform(-40, 40, size=(40, 2))
+    latents = centres[rng.integers(0, 40, 6000)] + 0.5 * rng.standard_normal((6000, 2))
+    plain = nf.GaussianMixtureDensity(components=(1, 2, 4)).fit(latents)
+    assert plain.at_limit and plain.n_components == 4
+    extended = nf.GaussianMixtureDensity(components=(1, 2, 4), extend=True,
+                                         search_size=3000).fit(latents)
+    chosen = extended.n_components
+    assert not extended.at_limit and chosen >= 32
+    assert max(extended.selection) > chosen  # a larger candidate scored worse: a peak
+    assert extended.mixture.n_components == chosen
+    assert np.mean(extended.log_density(latents)) > np.mean(plain.log_density(latents)) + 1
+    with pytest.raises(ValueError, match="search_size"):
+        nf.GaussianMixtureDensity(search_size=2)

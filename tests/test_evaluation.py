@@ -137,3 +137,34 @@ def test_cached_evaluation_is_read_back_and_keyed_by_the_weights(fmnist_small, t
     with pytest.raises(TypeError, match="by name"):
         sample_quality(models, train_x[:600], test_x, features=lambda x: x.flatten(1),
                        **options)
+
+
+def test_the_flow_joins_table1_with_its_heldout_likelihood(fmnist_small, tmp_path):
+    """estimators with "flow": its FID and held-out log-density beside the mixture's, its
+    fitted flow stored with the entry and read back; keys of runs without it unchanged."""
+    train_x, test_x, _ = fmnist_small
+    torch.manual_seed(0)
+    model = nf.FisherNet(3, hidden=32, layers=1)
+    options = dict(n_images=200, estimators=("gmm", "flow"), progress=False,
+                   gmm_options=dict(components=(1, 2)), cache_dir=tmp_path,
+                   flow_options=dict(epochs=5, hidden=16, transforms=1))
+    densities = {}
+    quality = sample_quality({"FisherNet": {3: model}}, train_x[:600], test_x,
+                             densities=densities, **options)
+    entry = quality["results"]["FisherNet"][3]
+    for key in ("gmm", "flow", "gmm_heldout_log_density", "flow_heldout_log_density"):
+        assert np.isfinite(entry[key]), key
+    assert entry["mkde"] is None and isinstance(densities["FisherNet", 3, "flow"],
+                                                nf.FlowDensity)
+    again = {}
+    cached = sample_quality({"FisherNet": {3: model}}, train_x[:600], test_x, densities=again,
+                            **options)
+    assert cached["cached"] == [["FisherNet", 3]]
+    z = np.random.default_rng(0).normal(size=(10, 3))
+    np.testing.assert_array_equal(again["FisherNet", 3, "flow"].log_density(z),
+                                  densities["FisherNet", 3, "flow"].log_density(z))
+    without = sample_quality({"FisherNet": {3: model}}, train_x[:600], test_x,
+                             **dict(options, estimators=("gmm",), densities=None))
+    assert "flow" not in without["results"]["FisherNet"][3]
+    with pytest.raises(ValueError, match="unknown estimators"):
+        sample_quality({"FisherNet": {3: model}}, train_x[:600], test_x, estimators=("kde",))

@@ -61,11 +61,11 @@ def test_singular_covariances_are_guarded_and_inconsistent_ones_rejected():
 
 
 def test_fmnist_classifier_is_accurate_and_cached(tmp_path):
-    from nifty_fishernet.metrics.features import _classifier_path, fashion_classifier
+    from nifty_fishernet.metrics.features import classifier_path, fashion_classifier
 
     model = fashion_classifier()  # trained on first use (~2 min on 2 cores), then cached
     assert model.test_accuracy >= 0.90
-    assert _classifier_path(None).exists()
+    assert classifier_path(None).exists()
     broken = tmp_path / "fmnist_classifier_v1.h5"
     broken.write_bytes(b"not an HDF5 file")
     with pytest.raises(nf.CheckpointError, match="delete it to retrain"):

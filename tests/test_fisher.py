@@ -74,9 +74,9 @@ def test_cholesky_and_cg_give_same_draw_for_same_noise(latent_dim):
 
 def test_auto_solver_switches_to_cg_for_large_latent_dim():
     model = random_fishernet(latent_dim=3)
-    assert model._resolve_solver("auto") == "cholesky"
+    assert model.resolve_solver("auto") == "cholesky"
     big = nf.FisherNet(65, data_dim=8, hidden=4, layers=1)
-    assert big._resolve_solver(None) == "cg"
+    assert big.resolve_solver(None) == "cg"
     with pytest.raises(ValueError, match="solver"):
         model.sample_latent(torch.zeros(1, 3, dtype=torch.float64), solver="lu")
 

@@ -212,13 +212,13 @@ class MaternKDE(LatentDensity):
         self.seconds = time.perf_counter() - began
 
     # -- use ----------------------------------------------------------------------------
-    def _cell_index(self, latents):
+    def cell_index(self, latents):
         """Grid cell of each point; points outside the grid get the nearest boundary cell."""
         index = np.floor((latents - self.lower) / self.widths).astype(np.int64)
         return np.clip(index, 0, np.asarray(self.cells) - 1)
 
     def _log_density(self, latents):
-        index = tuple(self._cell_index(latents).T)
+        index = tuple(self.cell_index(latents).T)
         return np.log(self._probabilities[index]) - np.log(self.cell_volume)
 
     def _sample(self, n, rng):

@@ -113,7 +113,8 @@ def train_fashion_classifier(epochs=CLASSIFIER_RECIPE["epochs"], seed=CLASSIFIER
     return model.eval(), _accuracy(model, test_x, test_y)
 
 
-def _classifier_path(cache_dir):
+def classifier_path(cache_dir=None):
+    """Where the FID classifier is cached: ``cache_dir`` or the user cache."""
     return Path(cache_dir) / CLASSIFIER_FILE if cache_dir else user_cache_dir(CLASSIFIER_FILE)
 
 
@@ -132,7 +133,7 @@ def fashion_classifier(cache_dir=None, progress=True):
     FashionClassifier
         In eval mode, on the CPU; its ``test_accuracy`` attribute holds the measured accuracy.
     """
-    path = _classifier_path(cache_dir)
+    path = classifier_path(cache_dir)
     if path.exists():
         try:
             with read_hdf5(path, CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION, CheckpointError,
@@ -218,8 +219,10 @@ class InceptionFeatures:
         self.network = torch.jit.load(str(self.path), map_location=self.device).eval()
 
     def __call__(self, batch):
-        # The standard (TensorFlow) FID input: bilinear resize to 299, grey replicated to RGB,
-        # [0, 1] mapped to [-1, 255/128 - 1] as 8-bit values (v / 128 - 1) would be.
+        # The resize is torch's bilinear (align_corners=False, no antialiasing), pytorch-fid's
+        # convention, not TensorFlow's resize of the original FID code (FIDs of the two differ
+        # slightly); grey is replicated to RGB and [0, 1] mapped to [-1, 255/128 - 1] as 8-bit
+        # values (v / 128 - 1) would be.
         x = F.interpolate(batch.to(self.device), size=(299, 299), mode="bilinear",
                           align_corners=False).clamp(0.0, 1.0)
         x = x.expand(-1, 3, -1, -1) * (255.0 / 128.0) - 1.0

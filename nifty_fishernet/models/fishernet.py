@@ -92,7 +92,8 @@ class FisherNet(LatentModel):
         self._check_latent(z)
         return self.decoder(z)
 
-    def _resolve_solver(self, solver):
+    def resolve_solver(self, solver):
+        """The solver that ``solver`` (None: the model's own) means at this ``d``."""
         solver = self.solver if solver is None else solver
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -127,7 +128,7 @@ class FisherNet(LatentModel):
 
     def _offsets(self, mu, n_samples, generator, solver, noise, jt=None):
         """``z* - mu`` (Eq. 28-31); ``jt``, if given, is ``J(mu)^T`` already computed."""
-        solver = self._resolve_solver(solver)
+        solver = self.resolve_solver(solver)
         eps, eta = noise if noise is not None else self.draw_noise(n_samples, mu.shape[0],
                                                                    generator)
         precision = self.noise.precision

@@ -85,7 +85,8 @@ def model_figures(trained, densities, test_x, test_labels, seed, out):
     if fisher:
         d = 5 if 5 in fisher else max(fisher)
         rows = {"N(0,1)": decode_latents(fisher[d], rng.standard_normal((10, d)))}
-        for key, label in (("mkde", "Matérn KDE"), ("gmm", "Gaussian mixture")):
+        for key, label in (("mkde", "Matérn KDE"), ("gmm", "Gaussian mixture"),
+                           ("flow", "normalizing flow")):
             if ("FisherNet", d, key) in densities:
                 rows[label] = decode_latents(
                     fisher[d], densities["FisherNet", d, key].sample(10, generator=rng))

@@ -17,7 +17,8 @@ __all__ = ["RunMismatchError", "check_mergeable", "merge_records", "complete_cel
 #: Must agree between parts: they determine the trained models.
 RUN_KEYS = ("mode", "seed")
 #: Must agree for Table 1 entries (and calibration entries) of two parts to stand side by side.
-TABLE1_KEYS = ("features", "fid_images", "mkde", "inception_images")
+TABLE1_KEYS = ("features", "fid_images", "mkde", "inception_images", "estimators", "gmm",
+               "flow")
 CALIBRATION_KEYS = ("calibration", "calibration_nifty")
 
 

@@ -13,7 +13,8 @@ __all__ = ["QUANTITIES", "table1_markdown", "write_table1"]
 
 #: The FIDs of one Table 1 entry, by key (see :func:`nifty_fishernet.sample_quality`).
 QUANTITIES = {"rec": "test reconstructions", "sample": "N(0,1) samples",
-              "mkde": "Matérn KDE samples", "gmm": "Gaussian-mixture samples"}
+              "mkde": "Matérn KDE samples", "gmm": "Gaussian-mixture samples",
+              "flow": "normalizing-flow samples"}
 
 
 def _cell(ours, paper):

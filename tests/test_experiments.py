@@ -1,19 +1,16 @@
-"""The demos run end to end on tiny settings and write their files."""
+"""The package's experiments (the demos' command lines) run end to end on tiny settings and
+write their files; the Fashion-MNIST main job has its own test file."""
 
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))
+import pytest
 
-import pytest  # noqa: E402
-
-import nifty_fishernet as nf  # noqa: E402
+import nifty_fishernet as nf
 
 
 @pytest.mark.nifty
 def test_toy_comparison_demo_smoke(tmp_path):
-    import toy_comparison
+    from nifty_fishernet.experiments import toy_comparison
 
     out = tmp_path / "toy"
     report = toy_comparison.main(["--out", str(out), "--problems", "banana", "--n-test", "6",
@@ -46,8 +43,7 @@ def test_toy_comparison_demo_smoke(tmp_path):
 
 @pytest.mark.nifty
 def test_inpainting_demo_smoke(tmp_path):
-    import inpainting
-    import nifty_fishernet as nf
+    from nifty_fishernet.experiments import inpainting
 
     checkpoint = tmp_path / "fishernet.h5"
     nf.FisherNet(2, hidden=32, layers=1).save(checkpoint)  # untrained: the plumbing only
@@ -64,8 +60,7 @@ def test_inpainting_demo_smoke(tmp_path):
 
 
 def test_posterior_shape_demo_smoke(tmp_path):
-    import posterior_shape
-    import nifty_fishernet as nf
+    from nifty_fishernet.experiments import posterior_shape
 
     checkpoint = tmp_path / "fishernet.h5"
     torch_model = nf.FisherNet(5, hidden=32, layers=1)
@@ -79,7 +74,7 @@ def test_posterior_shape_demo_smoke(tmp_path):
 
 @pytest.mark.nifty
 def test_nifty_prior_demo_smoke(tmp_path):
-    import nifty_prior
+    from nifty_fishernet.experiments import nifty_prior
 
     checkpoint = tmp_path / "fishernet.h5"
     nf.FisherNet(5, hidden=32, layers=1).save(checkpoint)  # untrained: the plumbing only
