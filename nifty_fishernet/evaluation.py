@@ -9,7 +9,6 @@ all against the test images; plus the real-vs-real floor (training vs test image
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 
@@ -22,9 +21,10 @@ from .density import (DensityFileError, FlowDensity, GaussianMixtureDensity, Gri
                       MaternKDE, load_density)
 from .metrics.features import CLASSIFIER_FILE
 from .metrics.fid import feature_statistics, fid
+from .io import jsonable
 from .validation import EVALUATION_BATCH
 
-__all__ = ["sample_quality", "encode_means", "decode_latents", "jsonable"]
+__all__ = ["sample_quality", "encode_means", "decode_latents"]
 
 #: The latent density estimators of Table 1, by key.
 ESTIMATORS = {"mkde": MaternKDE, "gmm": GaussianMixtureDensity, "flow": FlowDensity}
@@ -236,16 +236,3 @@ def _quality_entry(model, train_images, test_images, against_test, estimators, r
         draws = density.sample(n, generator=rng)
         entry[key] = against_test(decode_latents(model, draws))
     return entry, fitted
-
-
-def jsonable(value):
-    """``value`` with numpy scalars as Python numbers, dict keys as strings, NaN/inf as None."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -69,7 +69,7 @@ def test_decoded_latents_are_images(quality):
 def test_bad_evaluation_input(fmnist_small):
     train_x, test_x, _ = fmnist_small
     with pytest.raises(ValueError, match="estimators"):
-        sample_quality({}, train_x, test_x, estimators=("flow",))
+        sample_quality({}, train_x, test_x, estimators=("vae_prior",))
     with pytest.raises(ValueError, match="at least 2"):
         sample_quality({}, train_x, test_x[:1])
 

@@ -68,7 +68,7 @@ def test_fmnist_classifier_is_accurate_and_cached(tmp_path):
     assert classifier_path(None).exists()
     broken = tmp_path / "fmnist_classifier_v1.h5"
     broken.write_bytes(b"not an HDF5 file")
-    with pytest.raises(nf.CheckpointError, match="delete it to retrain"):
+    with pytest.raises(nf.FileFormatError, match="delete it to retrain"):
         fashion_classifier(cache_dir=tmp_path)
 
 

@@ -144,7 +144,7 @@ def main(argv=None):
         vars(args), out=str(args.out)), training=setting,
         hardware=f"{platform.machine()}, torch {torch.__version__}, 1 thread",
         seconds=time.perf_counter() - started, results=results)
-    (args.out / "variants.json").write_text(json.dumps(nf.evaluation.jsonable(report),
+    (args.out / "variants.json").write_text(json.dumps(nf.io.jsonable(report),
                                                        indent=1))
     plot(results, args.out / "variants.png")
     print(table)

@@ -8,6 +8,7 @@
 - :class:`Registry`: classes a file may name (models, densities), looked up by name, so that
   loading never imports or unpickles what a file asks for.
 - :func:`write_tensors` / :func:`read_tensors`: torch ``state_dict``-like groups.
+- :func:`jsonable` / :func:`write_json`: JSON records (numpy scalars, NaN as null).
 
 Checkpoints (:mod:`nifty_fishernet.checkpoint`), densities, the FID classifier, cache
 records and the data download all use it.
@@ -15,8 +16,9 @@ records and the data download all use it.
 
 from .files import STALE_SECONDS, atomic_path, write_text
 from .hdf5 import HASH_ATTR, content_hash, read_hdf5, read_tensors, write_hdf5, write_tensors
+from .records import jsonable, write_json
 from .registry import DENSITY_TYPES, MODEL_TYPES, Registry
 
 __all__ = ["atomic_path", "write_text", "STALE_SECONDS", "write_hdf5", "read_hdf5",
            "content_hash", "HASH_ATTR", "write_tensors", "read_tensors", "Registry",
-           "MODEL_TYPES", "DENSITY_TYPES"]
+           "MODEL_TYPES", "DENSITY_TYPES", "jsonable", "write_json"]

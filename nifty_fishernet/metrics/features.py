@@ -22,13 +22,18 @@ from tqdm.auto import tqdm
 
 import json
 
-from ..checkpoint import CheckpointError
+from ..errors import FileFormatError
 from ..io import read_hdf5, read_tensors, write_hdf5, write_tensors
 from ..validation import EVALUATION_BATCH, as_image_batch
 from ..data import load_fashion_mnist, user_cache_dir
 
-__all__ = ["FashionClassifier", "fashion_classifier", "FashionFeatures", "InceptionFeatures",
-           "inception_weights_path", "as_images", "feature_extractor"]
+__all__ = ["FashionClassifier", "fashion_classifier", "ClassifierFileError", "classifier_path",
+           "FashionFeatures", "InceptionFeatures", "inception_weights_path", "as_images",
+           "feature_extractor"]
+
+class ClassifierFileError(FileFormatError):
+    """The cached FID classifier is corrupt, edited or of another format."""
+
 
 IMAGE_SHAPE = (28, 28)
 CLASSIFIER_FILE = "fmnist_classifier_v1.h5"
@@ -136,14 +141,14 @@ def fashion_classifier(cache_dir=None, progress=True):
     path = classifier_path(cache_dir)
     if path.exists():
         try:
-            with read_hdf5(path, CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION, CheckpointError,
+            with read_hdf5(path, CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION, ClassifierFileError,
                            "FID classifier", hashed_since=2) as f:
                 version = int(f.attrs.get("format_version", 1))
                 model = FashionClassifier()
                 model.load_state_dict(read_tensors(f["model"]))
                 accuracy = float(f.attrs["test_accuracy"])
-        except CheckpointError as err:
-            raise CheckpointError(f"{err}; delete it to retrain") from err
+        except ClassifierFileError as err:
+            raise ClassifierFileError(f"{err}; delete it to retrain") from err
         if version < CLASSIFIER_FORMAT_VERSION:
             _save_classifier(path, model, accuracy)  # the same weights, now under a hash
         model.test_accuracy = accuracy

@@ -76,7 +76,8 @@ from ...io import write_text
 from ...calibration import calibrate
 from ...data import load_fashion_mnist
 from ...distributed import distributed_session
-from ...evaluation import encode_means, jsonable, sample_quality
+from ...evaluation import encode_means, sample_quality
+from ...io import jsonable
 from ...plotting import plot_calibration, plot_latent_density
 from ...training import resolve_device, train
 from ..._version import __version__

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...evaluation import jsonable
-from ...io import write_text
+from ...io import jsonable, write_text
 from .paper import PAPER_TABLE1
 
 __all__ = ["QUANTITIES", "table1_markdown", "write_table1"]
