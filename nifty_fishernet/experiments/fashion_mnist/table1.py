@@ -46,7 +46,50 @@ def table1_markdown(quality):
                 continue
             cells = [_cell(v, p) for v, p in zip(values, papers)]
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    heldout = _heldout_lines(quality["results"], dims)
+    if heldout:
+        lines += ["", "Held-out mean log-density of the test images' encoder means under each "
+                  "latent density (nats; higher is better; the mixture's size in "
+                  "parentheses, * where its search ended at the largest candidate):", "",
+                  "| model | density | " + " | ".join(f"d={d}" for d in dims) + " |",
+                  "|---|---|" + "---|" * len(dims)] + heldout
+    inception = quality.get("inception")
+    if inception:
+        lines += ["", f"Inception features (pool3, 2048-d; torch bilinear resize to 299, "
+                  f"pytorch-fid's convention), {inception['n_images']} images per set "
+                  f"(the paper's values in parentheses: 10,000 images; an FID's small-sample "
+                  f"bias falls roughly as 1/N). Real-vs-real floor at this size: "
+                  f"{inception['floor']:.2f}.", "",
+                  "| model | FID of | " + " | ".join(f"d={d}" for d in dims) + " |",
+                  "|---|---|" + "---|" * len(dims)]
+        for name, by_dim in inception["results"].items():
+            by_dim = {int(d): entry for d, entry in by_dim.items()}
+            paper = PAPER_TABLE1.get(name, {})
+            for key in ("rec", "sample"):
+                cells = [_cell(by_dim.get(d, {}).get(key), paper.get(key, {}).get(d))
+                         for d in dims]
+                lines.append(f"| {name} | {QUANTITIES[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _heldout_lines(results, dims):
+    lines = []
+    for name, by_dim in results.items():
+        by_dim = {int(d): entry for d, entry in by_dim.items()}
+        for key, label in (("mkde", "Matérn KDE"), ("gmm", "Gaussian mixture"),
+                           ("flow", "normalizing flow")):
+            values = [by_dim.get(d, {}).get(f"{key}_heldout_log_density") for d in dims]
+            if all(v is None for v in values):
+                continue
+            cells = []
+            for d, value in zip(dims, values):
+                text = "–" if value is None else f"{value:.2f}"
+                if key == "gmm" and value is not None:
+                    entry = by_dim[d]
+                    text += f" ({entry['gmm_components']}{'*' if entry['gmm_at_limit'] else ''})"
+                cells.append(text)
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_table1(quality, folder):
