@@ -112,6 +112,12 @@ def test_parts_merge_into_the_record_of_one_run(tmp_path):
         assert (_without_timings(json.loads((parts / name).read_text()))
                 == _without_timings(json.loads((tmp_path / "one" / name).read_text()))), name
     assert "Run in 2 parts" in (parts / "summary.md").read_text()
+    (parts / "summary.md").unlink()  # --report-only rewrites it from the record alone
+    assert fm.main(["--out", str(parts), "--report-only"]) == json.loads(
+        (parts / "results.json").read_text())
+    assert "Run in 2 parts" in (parts / "summary.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        fm.main(["--out", str(tmp_path / "empty"), "--report-only"])
 
     for path in (parts / "models").iterdir():
         path.unlink()

@@ -135,6 +135,10 @@ def parse_args(argv=None):
     parser.add_argument("--calibration-models", nargs="+", choices=list(MODELS),
                         help="models to calibrate (quick: all but the ConvVAE, whose exact "
                              "posteriors cost ~10^6 convolutional decoder calls)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="compute nothing: redraw the record's figures (Figs. 1-3, "
+                             "calibration) and rewrite table1.md and summary.md from the "
+                             "folder's results.json")
     parser.add_argument("--force", action="store_true",
                         help="retrain this run's models and recompute their metrics, even "
                              "where the output folder holds them for this configuration")
@@ -262,6 +266,8 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.report_only:
+        return write_reports(args.out)
     setting = resolve_setting(args)
     out = args.out
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -317,14 +323,19 @@ def _run(args, argv, setting, device, context):
                           machine=record["machine"], wall_seconds=record["wall_seconds"],
                           date=time.strftime("%Y-%m-%d"))
     record = merge_records(old, jsonable(record))
+    return _write_record(record, out)
+
+
+def _write_record(record, out):
+    """Figures of the record, calibration.json, table1.json/.md, summary.md, results.json."""
     record["figures"] = sorted(set(record["figures"]) | set(record_figures(
         record["results"], record["setting"]["dims"], out)) | (
         {"calibration.png"} if record.get("calibration") else set()), key=paper_order)
     if record.get("calibration"):
         plot_calibration(record["calibration"], out / "calibration.png",
-                         f"Latent posteriors against the truth ({args.mode} models)")
+                         f"Latent posteriors against the truth ({record['mode']} models)")
         _write_json(out / "calibration.json",
-                    {"settings": record["setting"]["calibration"], "seed": args.seed,
+                    {"settings": record["setting"]["calibration"], "seed": record["seed"],
                      "results": record["calibration"]})
     if record.get("table1"):
         write_table1(record["table1"], out)
@@ -334,6 +345,14 @@ def _run(args, argv, setting, device, context):
     print(f"\nwrote {out}/summary.md, results.json, figures"
           + (", table1.json, table1.md" if record.get("table1") else ""))
     return record
+
+
+def write_reports(out):
+    """Rewrite everything derived from ``out/results.json`` (``--report-only``)."""
+    record = read_record(out)
+    if record is None:
+        raise FileNotFoundError(f"no results.json in {out}: nothing to report")
+    return _write_record(record, Path(out))
 
 
 def _write_json(path, value):
