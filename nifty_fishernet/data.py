@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NiftyFishernetError
-from .io import atomic_path
+from .io import atomic_path, user_cache_dir
 
 __all__ = ["load_fashion_mnist", "DatasetNotFoundError", "fashion_mnist_search_paths",
            "FASHION_MNIST_CLASSES"]
@@ -44,12 +44,6 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 class DatasetNotFoundError(NiftyFishernetError, FileNotFoundError):
     """Fashion-MNIST is neither found locally nor downloadable."""
-
-
-def user_cache_dir(*parts):
-    """The package's folder in the user cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base, "nifty_fishernet", *parts)
 
 
 def _cache_dir():

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load, load_checkpoint
-from .data import load_fashion_mnist, user_cache_dir
+from .data import load_fashion_mnist
+from .io import user_cache_dir
 from .experiments.fashion_mnist.settings import (DEFAULT_OUT, SETTINGS, TRAINING_KEYS,
                                                  trained_model_path)
 from .models import FisherNet

@@ -14,11 +14,11 @@ Checkpoints (:mod:`nifty_fishernet.checkpoint`), densities, the FID classifier, 
 records and the data download all use it.
 """
 
-from .files import STALE_SECONDS, atomic_path, write_text
+from .files import STALE_SECONDS, atomic_path, user_cache_dir, write_text
 from .hdf5 import HASH_ATTR, content_hash, read_hdf5, read_tensors, write_hdf5, write_tensors
 from .records import jsonable, write_json
 from .registry import DENSITY_TYPES, MODEL_TYPES, Registry
 
-__all__ = ["atomic_path", "write_text", "STALE_SECONDS", "write_hdf5", "read_hdf5",
+__all__ = ["atomic_path", "write_text", "user_cache_dir", "STALE_SECONDS", "write_hdf5", "read_hdf5",
            "content_hash", "HASH_ATTR", "write_tensors", "read_tensors", "Registry",
            "MODEL_TYPES", "DENSITY_TYPES", "jsonable", "write_json"]

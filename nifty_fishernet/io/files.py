@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text", "STALE_SECONDS"]
+__all__ = ["atomic_path", "write_text", "STALE_SECONDS", "user_cache_dir"]
 
 #: A temporary file of :func:`atomic_path` this old (seconds) belongs to a killed writer.
 STALE_SECONDS = 600
@@ -62,3 +62,9 @@ def write_text(path, text):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return path
+
+
+def user_cache_dir(*parts):
+    """The package's folder in the user cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "nifty_fishernet", *parts)

@@ -23,9 +23,8 @@ from tqdm.auto import tqdm
 import json
 
 from ..errors import FileFormatError
-from ..io import read_hdf5, read_tensors, write_hdf5, write_tensors
+from ..io import read_hdf5, read_tensors, user_cache_dir, write_hdf5, write_tensors
 from ..validation import EVALUATION_BATCH, as_image_batch
-from ..data import load_fashion_mnist, user_cache_dir
 
 __all__ = ["FashionClassifier", "fashion_classifier", "ClassifierFileError", "classifier_path",
            "FashionFeatures", "InceptionFeatures", "inception_weights_path", "as_images",
@@ -95,6 +94,9 @@ def train_fashion_classifier(epochs=CLASSIFIER_RECIPE["epochs"], seed=CLASSIFIER
     accuracy : float
         Test-split accuracy.
     """
+    # the one place metrics need the data set: the classifier is trained on it
+    from ..data import load_fashion_mnist
+
     train_x, train_y = load_fashion_mnist("train")
     test_x, test_y = load_fashion_mnist("test")
     train_x, test_x = as_images(train_x), as_images(test_x)
