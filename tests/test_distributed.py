@@ -39,13 +39,13 @@ def test_two_gloo_processes_train_identical_parameters(tmp_path):
 
 
 def test_fashion_mnist_demo_under_torchrun(tmp_path):
-    """The main job itself launched by torchrun: both ranks train, rank 0 writes the report."""
-    demo = Path(__file__).parents[1] / "demos" / "fashion_mnist.py"
+    """The main job itself launched by torchrun (as a module): both ranks train, rank 0 writes
+    the report."""
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(demo), "--out", str(out), "--dims", "2", "--epochs", "1", "--n-train", "256",
+         "-m", "nifty_fishernet.experiments.fashion_mnist", "--out", str(out), "--dims", "2", "--epochs", "1", "--n-train", "256",
          "--models", "FisherNet", "--no-sample-quality", "--calibration-sims", "20",
          "--calibration-images", "4", "--no-calibration-nifty"],
         env=env, capture_output=True, text=True, timeout=300)
