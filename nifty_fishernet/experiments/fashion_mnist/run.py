@@ -72,6 +72,8 @@ import numpy as np
 import torch
 
 from ...cache import ResultCache, fingerprint
+from ...checkpoint import load_checkpoint
+from ...errors import FileFormatError
 from ...io import write_text
 from ...calibration import calibrate
 from ...data import load_fashion_mnist
@@ -315,7 +317,10 @@ def _run(args, argv, setting, device, context):
         print("\n" + table1_markdown(quality))
     if args.calibration and trained:
         record["calibration"] = calibration(trained, test_x, setting, args)
-    figures += model_figures(trained, densities, test_x, test_labels, args.seed, out)
+    shown = dict(_stored_models(old, out, setting, args.seed, device="cpu"))
+    for name, by_dim in trained.items():
+        shown.setdefault(name, {}).update(by_dim)
+    figures += model_figures(shown, densities, test_x, test_labels, args.seed, out)
     record["figures"] = figures
     record["wall_seconds"] = time.perf_counter() - start
     record["part"] = dict(command=record["command"], cells=[list(c) for c in cells],
@@ -347,12 +352,37 @@ def _write_record(record, out):
     return record
 
 
+def _stored_models(record, out, setting, seed, device="cpu"):
+    """``{name: {d: model}}`` of the record's cells whose finished checkpoints are in
+    ``out/models`` (for the figures that need models: every part's that is still here)."""
+    models = {}
+    if record is None:
+        return models
+    for name, by_dim in record["results"].items():
+        for d in by_dim:
+            path = trained_model_path(name, int(d), setting, seed, out)
+            try:
+                saved = load_checkpoint(path, device=device)
+            except (FileNotFoundError, FileFormatError):
+                continue
+            if len(saved.history.get("epoch", [])) == setting["epochs"]:
+                models.setdefault(name, {})[int(d)] = saved.model.eval()
+    return models
+
+
 def write_reports(out):
-    """Rewrite everything derived from ``out/results.json`` (``--report-only``)."""
+    """Rewrite everything derived from ``out/results.json`` (``--report-only``), and the
+    figures that need models from the finished checkpoints still in ``out/models``."""
+    out = Path(out)
     record = read_record(out)
     if record is None:
         raise FileNotFoundError(f"no results.json in {out}: nothing to report")
-    return _write_record(record, Path(out))
+    models = _stored_models(record, out, record["setting"], record["seed"])
+    if models:
+        test_x, test_labels = load_fashion_mnist("test")
+        record["figures"] = sorted(set(record.get("figures", [])) | set(model_figures(
+            models, {}, test_x, test_labels, record["seed"], out)), key=paper_order)
+    return _write_record(record, out)
 
 
 def _write_json(path, value):
