@@ -33,43 +33,45 @@ def table1_markdown(quality):
     lines = [f"FID against {quality['n_images']} test images, {quality['features']} features "
              f"(paper's values in parentheses: Inception features, 10,000 images; comparable "
              f"only with features='inception'). Real-vs-real floor (train vs test): "
-             f"{quality['floor']:.2f}.", "",
-             "| model | FID of | " + " | ".join(f"d={d}" for d in dims) + " |",
-             "|---|---|" + "---|" * len(dims)]
-    for name, by_dim in quality["results"].items():
-        by_dim = {int(d): entry for d, entry in by_dim.items()}
-        paper = PAPER_TABLE1.get(name, {})
-        for key, label in QUANTITIES.items():
-            values = [by_dim.get(d, {}).get(key) for d in dims]
-            papers = [paper.get(key, {}).get(d) for d in dims]
-            if all(v is None for v in values) and all(p is None for p in papers):
-                continue
-            cells = [_cell(v, p) for v, p in zip(values, papers)]
-            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+             f"{quality['floor']:.2f}.", ""] + _header("FID of", dims)
+    lines += _fid_rows(quality["results"], dims, QUANTITIES)
     heldout = _heldout_lines(quality["results"], dims)
     if heldout:
         lines += ["", "Held-out mean log-density of the test images' encoder means under each "
                   "latent density (nats; higher is better; the mixture's size in "
-                  "parentheses, * where its search ended at the largest candidate):", "",
-                  "| model | density | " + " | ".join(f"d={d}" for d in dims) + " |",
-                  "|---|---|" + "---|" * len(dims)] + heldout
+                  "parentheses, * where its search ended at the largest candidate):", ""]
+        lines += _header("density", dims) + heldout
     inception = quality.get("inception")
     if inception:
         lines += ["", f"Inception features (pool3, 2048-d; torch bilinear resize to 299, "
                   f"pytorch-fid's convention), {inception['n_images']} images per set "
                   f"(the paper's values in parentheses: 10,000 images; an FID's small-sample "
                   f"bias falls roughly as 1/N). Real-vs-real floor at this size: "
-                  f"{inception['floor']:.2f}.", "",
-                  "| model | FID of | " + " | ".join(f"d={d}" for d in dims) + " |",
-                  "|---|---|" + "---|" * len(dims)]
-        for name, by_dim in inception["results"].items():
-            by_dim = {int(d): entry for d, entry in by_dim.items()}
-            paper = PAPER_TABLE1.get(name, {})
-            for key in ("rec", "sample"):
-                cells = [_cell(by_dim.get(d, {}).get(key), paper.get(key, {}).get(d))
-                         for d in dims]
-                lines.append(f"| {name} | {QUANTITIES[key]} | " + " | ".join(cells) + " |")
+                  f"{inception['floor']:.2f}.", ""] + _header("FID of", dims)
+        lines += _fid_rows(inception["results"], dims, ("rec", "sample"))
     return "\n".join(lines) + "\n"
+
+
+def _fid_rows(results, dims, keys):
+    """A row per model and FID of ``keys`` (ours, the paper's in parentheses), where either
+    has a value."""
+    lines = []
+    for name, by_dim in results.items():
+        by_dim = {int(d): entry for d, entry in by_dim.items()}
+        paper = PAPER_TABLE1.get(name, {})
+        for key in keys:
+            values = [by_dim.get(d, {}).get(key) for d in dims]
+            papers = [paper.get(key, {}).get(d) for d in dims]
+            if all(v is None for v in values) and all(p is None for p in papers):
+                continue
+            cells = [_cell(v, p) for v, p in zip(values, papers)]
+            lines.append(f"| {name} | {QUANTITIES[key]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _header(what, dims):
+    return ["| model | " + what + " | " + " | ".join(f"d={d}" for d in dims) + " |",
+            "|---|---|" + "---|" * len(dims)]
 
 
 def _heldout_lines(results, dims):
