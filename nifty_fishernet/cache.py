@@ -17,7 +17,7 @@ import torch
 
 from .io import write_text
 
-__all__ = ["fingerprint", "ResultCache"]
+__all__ = ["fingerprint", "json_hash", "ResultCache"]
 
 
 def _feed(digest, part):
@@ -83,7 +83,7 @@ class ResultCache:
                           RuntimeWarning, stacklevel=2)
             return None
         # records of versions before the hash have none: read as they are
-        if "sha256" in record and record["sha256"] != _value_hash(record.get("value")):
+        if "sha256" in record and record["sha256"] != json_hash(record.get("value")):
             warnings.warn(f"ignoring cache file {path}: its value does not match its integrity "
                           f"hash (edited or corrupt); recomputing it", RuntimeWarning,
                           stacklevel=2)
@@ -93,11 +93,12 @@ class ResultCache:
     def put(self, label, key, value):
         """Store a JSON-able ``value`` under ``key`` (atomically); returns the file's path."""
         path = self.path(label, key)
-        write_text(path, json.dumps({"key": key, "sha256": _value_hash(value), "value": value},
+        write_text(path, json.dumps({"key": key, "sha256": json_hash(value), "value": value},
                                     indent=1))
         return path
 
 
-def _value_hash(value):
-    """SHA-256 of a record's value as stored (JSON, sorted keys)."""
+def json_hash(value):
+    """SHA-256 hex digest of a JSON-able value (sorted keys, so equal dicts hash equal): the
+    integrity hash of a record's value, and the trained models' configuration keys."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

@@ -6,10 +6,9 @@ and the benchmarks import it to find the main job's trained models.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
+from ...cache import json_hash
 from ...models import VAE, ConvVAE, FisherNet
 from .paper import PAPER_TABLE2
 
@@ -83,11 +82,12 @@ def setting_for(mode):
 def config_key(name, d, setting, seed):
     """Short hash of everything that determines a trained model.
 
-    Its recipe (SHA-256 of the sorted JSON, 10 hex digits) is kept as it has always been, so
-    that models trained by earlier versions are found under the same file names.
+    The first 10 hex digits of :func:`~nifty_fishernet.cache.json_hash` of the configuration
+    (not :func:`~nifty_fishernet.cache.fingerprint`, whose digests differ: models trained by
+    earlier versions keep their file names).
     """
     config = dict(model=name, d=int(d), seed=int(seed), **{k: setting[k] for k in TRAINING_KEYS})
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    return json_hash(config)[:10]
 
 
 def trained_model_path(name, d, setting="quick", seed=0, out=DEFAULT_OUT):
