@@ -28,18 +28,20 @@ QUICK_RECIPE = dict({key: SETTINGS["quick"][key] for key in TRAINING_KEYS}, n_te
 
 
 def main_job_model(latent_dim, out=DEFAULT_OUT, seed=0, name="FisherNet"):
-    """The main job's quick model of ``latent_dim`` if it has finished training, else None."""
+    """The main job's quick model of ``latent_dim`` (in evaluation mode, on the CPU) if it has
+    finished training, else None."""
     path = trained_model_path(name, latent_dim, "quick", seed, out)
     try:
-        state = load_checkpoint(path).training_state or {}
+        saved = load_checkpoint(path)
     except (FileNotFoundError, CheckpointError):
         return None
-    return path if state.get("epochs_done") == SETTINGS["quick"]["epochs"] else None
+    finished = (saved.training_state or {}).get("epochs_done") == SETTINGS["quick"]["epochs"]
+    return saved.model.eval() if finished else None
 
 
 def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progress=False,
                     verbose=True):
-    """A trained FisherNet: the given checkpoint, the main job's newest, or the quick recipe.
+    """A trained FisherNet: a given checkpoint, the main job's quick model, or the recipe.
 
     Parameters
     ----------
@@ -65,17 +67,19 @@ def quick_fishernet(latent_dim=5, checkpoint=None, cache_dir=None, seed=0, progr
     source : str
         Where it came from, for reports.
     """
-    given = checkpoint is not None
-    if checkpoint is None:
-        checkpoint = main_job_model(latent_dim, seed=seed)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.exists():
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
         if verbose:
-            which = "the given model" if given else "the main job's model"
-            print(f"quick_fishernet: using {which} {checkpoint}", file=sys.stderr)
+            print(f"quick_fishernet: using the given model {checkpoint}", file=sys.stderr)
         return load(checkpoint).eval(), str(checkpoint)
+    model = main_job_model(latent_dim, seed=seed)
+    if model is not None:
+        source = trained_model_path("FisherNet", latent_dim, "quick", seed)
+        if verbose:
+            print(f"quick_fishernet: using the main job's model {source}", file=sys.stderr)
+        return model, str(source)
     recipe = QUICK_RECIPE
     folder = Path(cache_dir) if cache_dir is not None else user_cache_dir("models")
     folder.mkdir(parents=True, exist_ok=True)

@@ -179,12 +179,10 @@ def training_images(setting, args):
                    [:setting["n_train"]]]
 
 
-def train_models(args, setting, cells, device, context, stored):
+def train_models(args, setting, cells, device, context, stored, train_x, test_x):
     """Train (or resume, or find finished) every cell ``(name, d)``; cells complete in the
     stored record (``stored``: ``{cell: its record}``) without weights here are taken from
     it. Returns ``(results, trained)``."""
-    train_x = training_images(setting, args)
-    test_x, _ = load_fashion_mnist("test", root=args.data_root)
     results, trained = {}, {}
     for name, d in cells:
         path = trained_model_path(name, d, setting, args.seed, args.out)
@@ -209,11 +207,9 @@ def train_models(args, setting, cells, device, context, stored):
     return results, trained
 
 
-def table1(trained, setting, args):
+def table1(trained, setting, args, train_x, test_x):
     """FIDs of Table 1 (with the Inception table if the setting asks for it), and the fitted
     latent densities ``{(name, d, kind): density}``."""
-    train_x = training_images(setting, args)
-    test_x, _ = load_fashion_mnist("test", root=args.data_root)
     densities = {}
     quality = sample_quality(
         trained, train_x, test_x, n_images=setting["fid_images"], features=setting["features"],
@@ -294,10 +290,12 @@ def _run(args, argv, setting, device, context):
     cells = [(name, d) for name in args.models for d in setting["dims"]]
     start = time.perf_counter()
     stored = {cell: old["results"][cell[0]][str(cell[1])] for cell in cells if cell in done}
-    results, trained = train_models(args, setting, cells, device, context, stored)
+    train_x = training_images(setting, args)
+    test_x, test_labels = load_fashion_mnist("test", root=args.data_root)
+    results, trained = train_models(args, setting, cells, device, context, stored, train_x,
+                                    test_x)
     if not context.is_main:
         return None  # rank 0 evaluates and writes
-    test_x, test_labels = load_fashion_mnist("test", root=args.data_root)
     record = dict(mode=args.mode, command=("python demos/fashion_mnist.py " + shlex.join(argv)
                                            ).strip(),
                   setting=setting, seed=args.seed, device=str(device), torch=torch.__version__,
@@ -306,7 +304,7 @@ def _run(args, argv, setting, device, context):
                   results=results)
     densities, figures = {}, []
     if args.sample_quality and trained:
-        quality, densities = table1(trained, setting, args)
+        quality, densities = table1(trained, setting, args, train_x, test_x)
         record["table1"] = quality
         density = densities.get(("FisherNet", 2, "mkde"))
         if density is not None:
@@ -317,7 +315,7 @@ def _run(args, argv, setting, device, context):
         print("\n" + table1_markdown(quality))
     if args.calibration and trained:
         record["calibration"] = calibration(trained, test_x, setting, args)
-    shown = dict(_stored_models(old, out, setting, args.seed, device="cpu"))
+    shown = _stored_models(old, out, setting, args.seed, skip=cells)
     for name, by_dim in trained.items():
         shown.setdefault(name, {}).update(by_dim)
     figures += model_figures(shown, densities, test_x, test_labels, args.seed, out)
@@ -352,17 +350,20 @@ def _write_record(record, out):
     return record
 
 
-def _stored_models(record, out, setting, seed, device="cpu"):
-    """``{name: {d: model}}`` of the record's cells whose finished checkpoints are in
-    ``out/models`` (for the figures that need models: every part's that is still here)."""
+def _stored_models(record, out, setting, seed, skip=()):
+    """``{name: {d: model}}`` of the record's cells (but those in ``skip``, the ones at hand)
+    whose finished checkpoints are in ``out/models``, on the CPU: for the figures that need
+    models, every part's that is still here."""
     models = {}
     if record is None:
         return models
     for name, by_dim in record["results"].items():
         for d in by_dim:
+            if (name, int(d)) in skip:
+                continue
             path = trained_model_path(name, int(d), setting, seed, out)
             try:
-                saved = load_checkpoint(path, device=device)
+                saved = load_checkpoint(path)
             except (FileNotFoundError, FileFormatError):
                 continue
             if len(saved.history.get("epoch", [])) == setting["epochs"]:
