@@ -61,6 +61,8 @@ Settings (:data:`~nifty_fishernet.experiments.fashion_mnist.SETTINGS`):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import platform
 import shlex
@@ -170,6 +172,20 @@ def read_record(out):
     """The folder's ``results.json``, or None where there is none."""
     path = Path(out) / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def record_lock(out):
+    """Hold an exclusive lock on ``out``'s record while a part merges into it, so parts that
+    finish at the same moment merge one after the other."""
+    path = Path(out) / ".results.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def training_images(setting, args):
@@ -325,8 +341,14 @@ def _run(args, argv, setting, device, context):
                           device=record["device"], threads=record["threads"],
                           machine=record["machine"], wall_seconds=record["wall_seconds"],
                           date=time.strftime("%Y-%m-%d"))
-    record = merge_records(old, jsonable(record))
-    return _write_record(record, out)
+    with record_lock(out):
+        # Parts may run at the same time (one per core): merge with the record as it is now,
+        # not as it was when this part started, so no finished part's cells are lost.
+        latest = None if args.force else read_record(out)  # --force replaces the record
+        if latest is not None:
+            check_mergeable(latest, args.mode, setting, args.seed, out)
+        record = merge_records(latest, jsonable(record))
+        return _write_record(record, out)
 
 
 def _write_record(record, out):
