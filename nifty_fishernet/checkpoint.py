@@ -28,7 +28,8 @@ from .errors import FileFormatError
 from .io import read_hdf5, read_tensors, write_hdf5, write_tensors
 from .io.registry import MODEL_TYPES
 
-__all__ = ["save", "load", "load_checkpoint", "Checkpoint", "CheckpointError"]
+__all__ = ["save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
+           "FORMAT_VERSION"]
 
 FORMAT = "nifty_fishernet.checkpoint"
 #: 2: the integrity hash over every attribute and dataset (version 1 files read with a warning)
@@ -49,6 +50,8 @@ class Checkpoint:
     history: dict = field(default_factory=dict)
     training_state: dict = field(default_factory=dict)
     package_version: str = ""
+    #: The file's format version; older than :data:`FORMAT_VERSION` means "save it again".
+    format_version: int = 2
 
 
 def save(path, model, optimizer=None, history=None, training_state=None):
@@ -128,6 +131,7 @@ def load_checkpoint(path, device="cpu", model_type=None):
         history = json.loads(f.attrs["history"])
         training_state = json.loads(f.attrs["training_state"])
         package_version = str(f.attrs["package_version"])
+        format_version = int(f.attrs.get("format_version", 1))
     try:
         cls.check_config(config)
     except (TypeError, ValueError) as err:
@@ -139,7 +143,7 @@ def load_checkpoint(path, device="cpu", model_type=None):
         raise CheckpointError(f"{path}: weights do not fit a {name}{model.config}: "
                               f"{err}") from err
     return Checkpoint(model.to(device), optimizer_state, history, training_state,
-                      package_version)
+                      package_version, format_version)
 
 
 def load(path, device="cpu", model_type=None):

@@ -151,3 +151,32 @@ def test_files_of_the_previous_format_load_with_a_warning(tmp_path):
     assert any("before integrity hashes" in str(w.message) for w in caught)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                   model.state_dict().values()))
+
+
+def test_training_rewrites_a_finished_checkpoint_of_the_previous_format(tmp_path):
+    """A finished training's checkpoint of format 1 (no hash: a warning on every load) is
+    written again, unchanged, when train() finds it complete, so it loads quietly after."""
+    torch.manual_seed(0)
+    images = torch.rand(32, 784, dtype=torch.float64).float()
+    path = tmp_path / "model.h5"
+    settings = dict(epochs=1, batch_size=16, lr=1e-3, progress=False, checkpoint=path)
+    model = nf.FisherNet(2, hidden=8, layers=1)
+    nf.train(model, images, images[:8], **settings)
+    with h5py.File(path, "a") as f:  # as the first version wrote it
+        del f.attrs[io.HASH_ATTR]
+        f.attrs["format_version"] = 1
+    with pytest.warns(RuntimeWarning, match="before integrity hashes"):
+        old = nf.load_checkpoint(path)
+    assert old.format_version == 1
+    again = nf.FisherNet(2, hidden=8, layers=1)
+    with pytest.warns(RuntimeWarning, match="before integrity hashes"):
+        history = nf.train(again, images, images[:8], **settings)  # nothing left to train
+    assert history == old.history
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = nf.load_checkpoint(path)
+    assert new.format_version == 2 and new.history == old.history
+    assert new.training_state == old.training_state
+    assert all(torch.equal(a, b) for a, b in zip(new.model.state_dict().values(),
+                                                  old.model.state_dict().values()))
+    assert new.optimizer_state["param_groups"] == old.optimizer_state["param_groups"]

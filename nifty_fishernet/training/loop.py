@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import FORMAT_VERSION, load_checkpoint, save
 from ..distributed import LossModule, distributed_session
 from ..metrics.mse import reconstruction_mse
 from ..validation import EVALUATION_BATCH, as_model_input
@@ -107,8 +107,10 @@ def evaluate(model, images, n_data, seed, batch_size=EVALUATION_BATCH):
     return dict(test_loss=total / images.shape[0], test_mse=reconstruction_mse(model, images))
 
 
-def _resume(model, optimizer, config, checkpoint, change_settings):
-    """Load ``checkpoint`` into model and optimizer; returns ``(history, changes)``."""
+def _resume(model, optimizer, config, checkpoint, change_settings, writes):
+    """Load ``checkpoint`` into model and optimizer; returns ``(history, changes)``. A file
+    of an older format is written again as it is (if this process ``writes``), so that its
+    next reader gets the integrity hash and no warning."""
     saved = load_checkpoint(checkpoint, model_type=type(model))
     if saved.model.config != model.config:
         raise ValueError(f"checkpoint {checkpoint} holds a {type(model).__name__} with "
@@ -133,6 +135,10 @@ def _resume(model, optimizer, config, checkpoint, change_settings):
                              f"written by an older version: retrain or delete it")
         wanted = [group["lr"] for group in optimizer.param_groups]
         optimizer.load_state_dict(saved.optimizer_state)  # Adam's moments and step counts
+    if writes and saved.format_version < FORMAT_VERSION:
+        save(checkpoint, model, optimizer if saved.optimizer_state is not None else None,
+             history=saved.history, training_state=saved.training_state)
+    if saved.optimizer_state is not None:
         for group, lr in zip(optimizer.param_groups, wanted):
             group["lr"] = lr  # the rates of this run, also where they changed
     history = {key: list(saved.history.get(key, [])) for key in HISTORY_KEYS}
@@ -232,7 +238,8 @@ def train(model, train_images, test_images, epochs, batch_size=64, lr=1e-4, devi
                                      lr=config.lr)
         history, changes = {key: [] for key in HISTORY_KEYS}, []
         if resume and checkpoint is not None and Path(checkpoint).exists():
-            history, changes = _resume(model, optimizer, config, checkpoint, change_settings)
+            history, changes = _resume(model, optimizer, config, checkpoint, change_settings,
+                                       writes=context.is_main)
         state = TrainingState(model, optimizer, config, history, changes=changes)
         progress = progress and context.is_main
         everyone = [DivergenceGuard(checkpoint)]
