@@ -51,7 +51,7 @@ class Checkpoint:
     training_state: dict = field(default_factory=dict)
     package_version: str = ""
     #: The file's format version; older than :data:`FORMAT_VERSION` means "save it again".
-    format_version: int = 2
+    format_version: int = FORMAT_VERSION
 
 
 def save(path, model, optimizer=None, history=None, training_state=None):
