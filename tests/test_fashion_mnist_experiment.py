@@ -180,6 +180,15 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
         fm.main(args)
     assert saved == [("FisherNet", 1), ("FisherNet", 2), ("VAE", 1)]
 
+    # --status reads the folder: nothing recorded yet, the VAE's checkpoint at epoch 1
+    status = {(row["model"], row["d"]): row for row in fm.main(args + ["--status"])}
+    assert status[("FisherNet", 2)]["epochs"] == 2 and status[("VAE", 2)]["epochs"] == 1
+    assert all(row["gaps"] == ["training", "Table 1"] for row in status.values())
+    command = status[("VAE", 2)]["command"]  # the part, with the run's other options
+    assert "--quick --models VAE --dims 2 --epochs 2 --n-train 256 --fid-images 100" in command
+    assert command.endswith(f"--no-calibration --out {out}")
+    assert saved == [("FisherNet", 1), ("FisherNet", 2), ("VAE", 1)]  # nothing trained
+
     entries, real_encode = [], nf.evaluation.encode_means
 
     def encode_then_maybe_die(model, images, *rest, **kwargs):
@@ -202,6 +211,11 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
         assert report["results"][name]["2"]["history"]["epoch"] == [1, 2]
         assert math.isfinite(report["table1"]["results"][name]["2"]["mkde"])
     assert (out / "summary.md").is_file()
+    assert all(not row["gaps"] for row in fm.main(args + ["--status"]))
+    # with calibration asked for, every cell still lacks it
+    assert [row["gaps"] for row in fm.main(args[:-1] + ["--status"])] == [["calibration"]] * 2
+    with pytest.raises(fm.RunMismatchError, match="holds a 'quick' run, not a 'paper' one"):
+        fm.main(["--paper", "--out", str(out), "--status"])
 
 
 def test_trained_model_path_is_where_the_main_job_writes(tmp_path):

@@ -6,7 +6,7 @@ Use :func:`main` with a command line's arguments (see :mod:`.run`), e.g.
 setting; :func:`trained_model_path` says where the models are.
 """
 
-from .merge import RunMismatchError, complete_cells, merge_records
+from .merge import RunMismatchError, cell_gaps, complete_cells, merge_records
 from .paper import PAPER_TABLE1, PAPER_TABLE2, PAPER_VAE_MSE_EXCESS, PAPER_VAE_MSE_PLATEAU
 from .report import calibration_markdown, summary_markdown, write_summary
 from .settings import (DEFAULT_MODELS, DEFAULT_OUT, MODELS, SETTINGS, TRAINING_KEYS, build_model, config_key,
@@ -15,7 +15,7 @@ from .table1 import QUANTITIES, table1_markdown, write_table1
 
 __all__ = ["main", "parse_args", "MODELS", "DEFAULT_MODELS", "SETTINGS", "TRAINING_KEYS", "DEFAULT_OUT",
            "build_model", "config_key", "setting_for", "trained_model_path",
-           "RunMismatchError", "merge_records", "complete_cells",
+           "RunMismatchError", "merge_records", "complete_cells", "cell_gaps",
            "PAPER_TABLE1", "PAPER_TABLE2", "PAPER_VAE_MSE_EXCESS", "PAPER_VAE_MSE_PLATEAU",
            "QUANTITIES", "table1_markdown", "write_table1",
            "summary_markdown", "calibration_markdown", "write_summary"]

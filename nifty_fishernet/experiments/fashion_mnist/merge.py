@@ -12,7 +12,7 @@ from .settings import MODELS, TRAINING_KEYS
 from ...errors import NiftyFishernetError
 
 __all__ = ["RunMismatchError", "check_mergeable", "merge_records", "complete_cells",
-           "paper_order"]
+           "cell_gaps", "paper_order"]
 
 #: Must agree between parts: they determine the trained models.
 RUN_KEYS = ("mode", "seed")
@@ -113,30 +113,39 @@ def _merge_table1(old, new):
     return merged
 
 
+def cell_gaps(record, name, d, sample_quality, calibration_models):
+    """What cell ``(name, d)`` of ``record`` still lacks, in the order a part fills it: some
+    of ``"training"`` (fewer than the setting's epochs recorded), ``"Table 1"`` (if
+    ``sample_quality``; with its Inception FIDs where the setting has them) and
+    ``"calibration"`` (for models in ``calibration_models``). Empty: the cell is complete."""
+    if record is None:
+        return ["training", *(["Table 1"] if sample_quality else []),
+                *(["calibration"] if name in calibration_models else [])]
+    d = str(int(d))
+    gaps = []
+    cell = record["results"].get(name, {}).get(d)
+    if cell is None or len(cell["history"]["epoch"]) != record["setting"]["epochs"]:
+        gaps.append("training")
+    table1 = record.get("table1", {})
+    tables = [table1] + ([table1.get("inception", {})]
+                         if record["setting"].get("inception_images") else [])
+    if sample_quality and any(d not in table.get("results", {}).get(name, {})
+                              for table in tables):
+        gaps.append("Table 1")
+    if name in calibration_models and d not in record.get("calibration", {}).get(name, {}):
+        gaps.append("calibration")
+    return gaps
+
+
 def complete_cells(record, sample_quality, calibration_models):
-    """Cells ``(name, d)`` of ``record`` that need nothing more: every epoch trained, and
-    their Table 1 entry (if ``sample_quality``) and calibration entry (for models in
-    ``calibration_models``) stored. A later part need not retrain them even without their
-    weights."""
+    """Cells ``(name, d)`` of ``record`` that need nothing more (:func:`cell_gaps`): every
+    epoch trained, and their Table 1 entry (if ``sample_quality``) and calibration entry (for
+    models in ``calibration_models``) stored. A later part need not retrain them even
+    without their weights."""
     if record is None:
         return set()
-    epochs = record["setting"]["epochs"]
-    done = set()
-    for name, by_dim in record["results"].items():
-        for d, cell in by_dim.items():
-            if len(cell["history"]["epoch"]) != epochs:
-                continue
-            table1 = record.get("table1", {})
-            tables = [table1] + ([table1.get("inception", {})]
-                                 if record["setting"].get("inception_images") else [])
-            if sample_quality and any(d not in table.get("results", {}).get(name, {})
-                                      for table in tables):
-                continue
-            if name in calibration_models and d not in record.get("calibration", {}).get(
-                    name, {}):
-                continue
-            done.add((name, int(d)))
-    return done
+    return {(name, int(d)) for name, by_dim in record["results"].items() for d in by_dim
+            if not cell_gaps(record, name, d, sample_quality, calibration_models)}
 
 
 def paper_order(name):

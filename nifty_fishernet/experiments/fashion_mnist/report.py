@@ -12,7 +12,8 @@ from ...io import write_text
 from .paper import PAPER_VAE_MSE_EXCESS, PAPER_VAE_MSE_PLATEAU
 from .table1 import table1_markdown
 
-__all__ = ["summary_markdown", "write_summary", "calibration_markdown"]
+__all__ = ["summary_markdown", "write_summary", "calibration_markdown",
+           "status_markdown"]
 
 
 def _table(rows, dims, header, fmt):
@@ -132,3 +133,43 @@ def write_summary(report, folder):
     path = Path(folder) / "summary.md"
     write_text(path, summary_markdown(report))
     return path
+
+
+def status_markdown(rows, out, mode, epochs):
+    """The grid's state (rows of :func:`~.run.grid_status`) as markdown: a table of what each
+    cell lacks, then the commands of the parts still to run, one cell each."""
+    dims = sorted({row["d"] for row in rows})
+    by_model = {}
+    for row in rows:
+        by_model.setdefault(row["model"], {})[row["d"]] = row
+    short = {"Table 1": "T1", "calibration": "cal"}
+
+    def cell(row):
+        if not row["gaps"]:
+            return "done"
+        needs = [short[gap] for gap in row["gaps"] if gap != "training"]
+        if "training" not in row["gaps"]:
+            prefix = ""
+        elif row["epochs"] == 0:
+            prefix = ""
+            needs.insert(0, "train")
+        elif row["epochs"] == epochs:
+            prefix = "trained; "  # finished weights, not yet in the record
+        else:
+            prefix = f"{row['epochs']}/{epochs} ep; "
+            needs.insert(0, "train")
+        return prefix + "needs " + ", ".join(needs) if needs else prefix.rstrip("; ")
+
+    lines = [f"{out}, {mode} setting (ep: epochs trained so far; T1: Table 1; cal: "
+             f"calibration):", "",
+             "| model | " + " | ".join(f"d={d}" for d in dims) + " |",
+             "|---|" + "---|" * len(dims)]
+    for name, by_dim in by_model.items():
+        lines.append(f"| {name} | " + " | ".join(
+            cell(by_dim[d]) if d in by_dim else "–" for d in dims) + " |")
+    todo = [row for row in rows if row["gaps"]]
+    lines += ["", f"{len(rows) - len(todo)} of {len(rows)} cells complete."]
+    if todo:
+        lines += ["Parts still to run (one per core; an interrupted part resumes):", ""]
+        lines += [f"    {row['command']}" for row in todo]
+    return "\n".join(lines)

@@ -56,6 +56,7 @@ Settings (:data:`~nifty_fishernet.experiments.fashion_mnist.SETTINGS`):
     python demos/fashion_mnist.py [--quick | --paper] [--out output/fashion_mnist]
         [--models ...] [--dims ...] [--features fmnist|inception] [--fid-images N]
         [--no-sample-quality] [--no-calibration] [--force]
+    python demos/fashion_mnist.py --paper --status --out docs/results/paper   # what is left
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ from ...plotting import plot_calibration, plot_latent_density
 from ...training import resolve_device, train
 from ..._version import __version__
 from .figures import model_figures, record_figures
-from .merge import check_mergeable, complete_cells, merge_records, paper_order
-from .report import write_summary
+from .merge import (RunMismatchError, cell_gaps, check_mergeable, complete_cells, merge_records,
+                    paper_order)
+from .report import status_markdown, write_summary
 from .settings import (CALIBRATION_VERSION, DEFAULT_MODELS, DEFAULT_OUT, MODELS, build_model,
                        setting_for, trained_model_path)
 from .table1 import table1_markdown, write_table1
@@ -143,6 +145,11 @@ def parse_args(argv=None):
                         help="compute nothing: redraw the record's figures (Figs. 1-3, "
                              "calibration) and rewrite table1.md and summary.md from the "
                              "folder's results.json")
+    parser.add_argument("--status", action="store_true",
+                        help="compute nothing: list each cell of the setting's grid (the "
+                             "--models, default the four compared, at every d) with what the "
+                             "folder's record still lacks, and the commands of the parts "
+                             "still to run")
     parser.add_argument("--force", action="store_true",
                         help="retrain this run's models and recompute their metrics, even "
                              "where the output folder holds them for this configuration")
@@ -283,6 +290,11 @@ def main(argv=None):
     if args.report_only:
         return write_reports(args.out)
     setting = resolve_setting(args)
+    if args.status:
+        rows = grid_status(args.out, args.mode, setting, args.models, args.seed,
+                           args.sample_quality, args.calibration, _part_options(argv))
+        print(status_markdown(rows, args.out, args.mode, setting["epochs"]))
+        return rows
     out = args.out
     (out / "models").mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
@@ -391,6 +403,61 @@ def _stored_models(record, out, setting, seed, skip=()):
             if len(saved.history.get("epoch", [])) == setting["epochs"]:
                 models.setdefault(name, {})[int(d)] = saved.model.eval()
     return models
+
+
+def _part_options(argv):
+    """``argv`` without the options that pick the cells, the mode, the folder and
+    ``--status``: what every part's command must repeat (e.g. ``--epochs``)."""
+    kept, skipping = [], False
+    for token in argv:
+        if token.startswith("--"):
+            name = token.split("=", 1)[0]
+            skipping = name in ("--models", "--dims", "--out") and "=" not in token
+            if name in ("--models", "--dims", "--out", "--status", "--paper", "--quick"):
+                continue
+        elif skipping:
+            continue
+        kept.append(token)
+    return kept
+
+
+def grid_status(out, mode, setting, models, seed=0, sample_quality=True, calibration=True,
+                options=()):
+    """Each cell of ``models`` x ``setting["dims"]`` with what ``out``'s record lacks.
+
+    Parameters
+    ----------
+    options : sequence of str
+        Further command-line options of every part (e.g. ``--epochs 2``), for the commands.
+
+    Returns
+    -------
+    list of dict
+        Per cell: ``model``, ``d``, ``gaps`` (:func:`~.merge.cell_gaps`; empty: complete),
+        ``epochs`` (recorded, or those of a checkpoint in ``out/models`` that training would
+        resume from; 0 without either) and ``command``, the part that fills the gaps.
+    """
+    out = Path(out)
+    record = read_record(out)
+    if record is not None and record["mode"] != mode:
+        raise RunMismatchError(f"{out} holds a {record['mode']!r} run, not a {mode!r} one")
+    calibration_models = setting["calibration_models"] if calibration else []
+    rows = []
+    for name in models:
+        for d in setting["dims"]:
+            gaps = cell_gaps(record, name, d, sample_quality, calibration_models)
+            cell = (record or {}).get("results", {}).get(name, {}).get(str(d))
+            epochs = len(cell["history"]["epoch"]) if cell else 0
+            if "training" in gaps:
+                try:
+                    saved = load_checkpoint(trained_model_path(name, d, setting, seed, out))
+                    epochs = len(saved.history.get("epoch", []))
+                except (FileNotFoundError, FileFormatError):
+                    pass
+            command = "OMP_NUM_THREADS=1 python demos/fashion_mnist.py " + shlex.join(
+                [f"--{mode}", "--models", name, "--dims", str(d), *options, "--out", str(out)])
+            rows.append(dict(model=name, d=int(d), gaps=gaps, epochs=epochs, command=command))
+    return rows
 
 
 def write_reports(out):
