@@ -130,6 +130,19 @@ def test_parts_merge_into_the_record_of_one_run(tmp_path):
     with pytest.raises(fm.RunMismatchError, match=r"epochs 1 there, 2 here"):
         fm.main(["--out", str(parts), "--models", "VAE", "--epochs", "2"] + common[:2]
                 + common[4:])
+    # a part whose Table 1 or calibration would be measured otherwise than the stored
+    # entries of other cells is refused before it trains, naming them: merged, it would
+    # drop them
+    others = common[:common.index("--fid-images")]
+    with pytest.raises(fm.RunMismatchError, match=r"Table 1 in .* holds entries of FisherNet d=2, "
+                                                  r"VAE d=2 .*fid_images 100 there, 50 here"):
+        fm.main(["--out", str(parts), "--models", "CalibratedVAE", "--fid-images", "50"]
+                + common[common.index("--calibration-sims"):] + others)
+    with pytest.raises(fm.RunMismatchError, match=r"calibration in .* holds entries of "
+                                                  r"FisherNet d=2 measured .*--no-calibration"):
+        fm.main(["--out", str(parts), "--models", "VAE", "CalibratedVAE"] + common
+                + ["--calibration-sims", "5"])
+    assert not any((parts / "models").iterdir())
 
 
 def test_merge_records_unions_dims_and_keeps_entries_measured_with_other_settings():

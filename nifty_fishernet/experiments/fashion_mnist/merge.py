@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .settings import MODELS, TRAINING_KEYS
 from ...errors import NiftyFishernetError
+from ...io import jsonable
 
 __all__ = ["RunMismatchError", "check_mergeable", "merge_records", "complete_cells",
            "cell_gaps", "paper_order"]
@@ -31,15 +32,39 @@ def _differences(old, new, keys):
             for key in keys if old.get(key) != new.get(key)]
 
 
-def check_mergeable(old, mode, setting, seed, folder):
+def check_mergeable(old, mode, setting, seed, folder, cells=(), sample_quality=False,
+                    calibration_models=()):
     """Raise :class:`RunMismatchError` naming every difference when the stored record ``old``
-    was trained with another mode, seed or training setting than this part."""
+    was trained with another mode, seed or training setting than this part, or when this
+    part's Table 1 (if ``sample_quality``) or calibration entries (for its ``cells`` of
+    models in ``calibration_models``) would be measured with other settings than entries
+    of ``old`` for other cells: those could not stand beside them and would be dropped
+    (:func:`merge_records`)."""
     differences = _differences(old, dict(mode=mode, seed=seed), RUN_KEYS)
     differences += _differences(old["setting"], setting, TRAINING_KEYS)
     if differences:
         raise RunMismatchError(
             f"{folder} holds a run with other settings ({'; '.join(differences)}); its parts "
             f"cannot be merged with this one. Use another --out, or --force to replace it.")
+    part = {(name, str(int(d))) for name, d in cells}
+    setting = jsonable(setting)  # as stored: string keys, lists
+    table1 = old.get("table1", {})
+    stored = {"Table 1": (sample_quality, TABLE1_KEYS, "--no-sample-quality",
+                          [table1.get("results", {}),
+                           table1.get("inception", {}).get("results", {})]),
+              "calibration": (any(name in calibration_models for name, _ in cells),
+                              CALIBRATION_KEYS, "--no-calibration",
+                              [old.get("calibration", {})])}
+    for label, (measured, keys, skip, tables) in stored.items():
+        differences = _differences(old["setting"], setting, keys)
+        others = sorted({(name, d) for by_model in tables for name, by_dim in by_model.items()
+                         for d in by_dim} - part)
+        if measured and differences and others:
+            listed = ", ".join(f"{name} d={d}" for name, d in others)
+            raise RunMismatchError(
+                f"The {label} in {folder} holds entries of {listed} measured with other settings "
+                f"({'; '.join(differences)}); this part's would replace them. Use the same "
+                f"settings, {skip}, another --out, or --force to replace the record.")
 
 
 def _cells(by_model):

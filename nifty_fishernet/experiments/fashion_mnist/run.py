@@ -306,16 +306,18 @@ def main(argv=None):
 def _run(args, argv, setting, device, context):
     out = args.out
     old = read_record(out)
+    cells = [(name, d) for name in args.models for d in setting["dims"]]
+    calibration_models = setting["calibration_models"] if args.calibration else []
+    mergeable = dict(cells=cells, sample_quality=args.sample_quality,
+                     calibration_models=calibration_models)
     if old is not None:
         try:
-            check_mergeable(old, args.mode, setting, args.seed, out)
+            check_mergeable(old, args.mode, setting, args.seed, out, **mergeable)
         except ValueError:
             if not args.force:
                 raise
             old = None  # --force: this run replaces the other setting's record
-    done = set() if args.force else complete_cells(
-        old, args.sample_quality, setting["calibration_models"] if args.calibration else [])
-    cells = [(name, d) for name in args.models for d in setting["dims"]]
+    done = set() if args.force else complete_cells(old, args.sample_quality, calibration_models)
     start = time.perf_counter()
     stored = {cell: old["results"][cell[0]][str(cell[1])] for cell in cells if cell in done}
     train_x = training_images(setting, args)
@@ -358,7 +360,7 @@ def _run(args, argv, setting, device, context):
         # not as it was when this part started, so no finished part's cells are lost.
         latest = None if args.force else read_record(out)  # --force replaces the record
         if latest is not None:
-            check_mergeable(latest, args.mode, setting, args.seed, out)
+            check_mergeable(latest, args.mode, setting, args.seed, out, **mergeable)
         record = merge_records(latest, jsonable(record))
         return _write_record(record, out)
 
