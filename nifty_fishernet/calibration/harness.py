@@ -52,8 +52,13 @@ def _gaussian_draws(mean, covariance, n, generator):
     return mean.double() + torch.einsum("bij,sbj->sbi", chol, eps)
 
 
-def _batched(x, batch_size, function):
-    parts = [function(x[start:start + batch_size]) for start in range(0, x.shape[0], batch_size)]
+def _batched(x, batch_size, function, desc=None, progress=False):
+    starts = range(0, x.shape[0], batch_size)
+    # a nested bar: one method on 1,000 simulations can take half an hour (a ConvVAE's
+    # importance-sampled refinement)
+    parts = [function(x[start:start + batch_size])
+             for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2,
+                               leave=False)]
     return [torch.cat(values) for values in zip(*parts)]
 
 
@@ -134,7 +139,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     for name, options in methods.items():
         began = time.perf_counter()
         with torch.no_grad():
-            mean, cov = _batched(x, batch_size, _posterior_of(model, options))
+            mean, cov = _batched(x, batch_size, _posterior_of(model, options), name, progress)
         seconds = (time.perf_counter() - began) / x.shape[0]
         draws = _gaussian_draws(mean, cov, rank_draws, generator)
         out["simulated"][name] = {
