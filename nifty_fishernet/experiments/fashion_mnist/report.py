@@ -57,8 +57,11 @@ def summary_markdown(report):
               f"{setting['lr'] if setting['noise_lr'] is None else setting['noise_lr']:g}), "
               f"seed {report['seed']}",
               f"- device {report['device']}, torch {report['torch']} ({report['threads']} "
-              f"threads), {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
-              f"(work found finished in the output folder is not redone and not counted)", ""]
+              f"thread{'' if report['threads'] == 1 else 's'}), {report['machine']}; "
+              + (f"wall time {sum(p['wall_seconds'] for p in parts) / 60:.1f} min over all "
+                 f"parts (device and threads: the last part's; each part's in the table; "
+                 if len(parts) > 1 else f"wall time {report['wall_seconds'] / 60:.1f} min (")
+              + "work found finished in the output folder is not redone and not counted)", ""]
     if len(parts) > 1:
         lines += ["| part | command | models × d | device, threads | wall time |",
                   "|---|---|---|---|---|"]
