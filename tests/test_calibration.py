@@ -371,6 +371,79 @@ def test_importance_correction_finds_a_second_mode_from_further_starts():
     assert abs(float(both.covariance[0, 0, 0]) / second_moment - 1) < 0.1
 
 
+class TiltedSquare(Square):
+    """``f(z) = a z^2 + c z + b``: the mirror mode of each posterior is ~45 nats higher."""
+
+    def __init__(self, data_dim=4):
+        super().__init__(data_dim)
+        self.register_buffer("c", 0.15 * (-1.0) ** torch.arange(data_dim, dtype=torch.float64))
+
+    def forward(self, z):
+        return super().forward(z) + z * self.c
+
+
+def _two_mode_model(decoder):
+    """The encoder points at +1.4; the data come from z = -1.5."""
+    model = LinearGaussianModel(latent_dim=1, data_dim=4, noise_std=0.1)
+    model.decoder = decoder
+    with torch.no_grad():
+        model.encoder.weight.zero_()
+        model.encoder.bias.fill_(1.4)
+        x = model.decoder(torch.tensor([[-1.5]], dtype=torch.float64))
+        x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0),
+                                  dtype=torch.float64)
+    return model, x
+
+
+def _brute_force_moments(model, x):
+    """Mean and variance of p(z | x) on a fine grid over the whole prior range."""
+    z = torch.linspace(-5, 5, 400001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        energy = 0.5 * z[:, 0] ** 2 + 0.5 * float(model.noise.precision) * (
+            (x - model.decoder(z)) ** 2).sum(-1)
+    w = torch.softmax(-energy, 0)
+    mean = (w * z[:, 0]).sum()
+    return float(mean), float((w * (z[:, 0] - mean) ** 2).sum())
+
+
+@pytest.mark.parametrize("method", ["grid", "importance"])
+def test_exact_posterior_is_centred_on_the_lowest_mode_not_the_encoders(method):
+    """The encoder leads Newton to the mirror mode, ~45 nats above the true one: the exact
+    reference must still find the posterior (against a brute-force grid over the prior
+    range), and flag that its mode is not the encoder's; without the search for further
+    modes it cannot."""
+    model, x = _two_mode_model(TiltedSquare())
+    mean, var = _brute_force_moments(model, x)
+    assert mean < -1.0
+    refined = model.refined_posterior(x)
+    assert float(refined.map[0, 0]) > 1.0  # the encoder's mode
+    exact = cal.exact_posterior(model, x, method=method)
+    assert exact.lower_mode.tolist() == [True] and exact.other_modes.tolist() == [0]
+    assert abs(float(exact.mean[0, 0]) - mean) < 0.05 * var ** 0.5
+    assert abs(float(exact.covariance[0, 0, 0]) / var - 1) < 0.05
+    # the approximation at the encoder's mode holds none of the posterior's mass
+    metrics = cal.compare_to_exact(model, x, exact, refined.mean, refined.covariance)
+    assert float(metrics["mass_95"][0]) < 1e-6
+    blind = cal.exact_posterior(model, x, method=method, starts=0)
+    assert float(blind.mean[0, 0]) > 1.0 and blind.lower_mode.tolist() == [False]
+    if method == "grid":
+        assert float(exact.off_grid_mass[0]) < 1e-6
+
+
+def test_exact_posterior_reports_modes_it_cannot_hold():
+    """Two modes of equal height: importance sampling holds both (mean ~0, as the brute-force
+    grid says); the grid, centred on one, reports about half the mass outside it."""
+    model, x = _two_mode_model(Square())
+    mean, var = _brute_force_moments(model, x)
+    sampled = cal.exact_posterior(model, x, method="importance")
+    assert sampled.other_modes.tolist() == [1]
+    assert abs(float(sampled.mean[0, 0]) - mean) < 0.05 * var ** 0.5
+    assert abs(float(sampled.covariance[0, 0, 0]) / var - 1) < 0.05
+    grid = cal.exact_posterior(model, x, method="grid")
+    assert grid.other_modes.tolist() == [1]
+    assert 0.3 < float(grid.off_grid_mass[0]) < 0.7
+
+
 @pytest.mark.parametrize("wake", [False, True], ids=["sleep", "sleep+wake"])
 def test_posterior_network_learns_the_closed_form_posterior(wake):
     """Fitted to a linear-Gaussian model's own simulations (and, with the wake phase, to

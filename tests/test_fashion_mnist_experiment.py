@@ -144,6 +144,14 @@ def test_parts_merge_into_the_record_of_one_run(tmp_path):
                 + ["--calibration-sims", "5"])
     assert not any((parts / "models").iterdir())
 
+    # an entry of an older harness stays in the record, flagged for the next part to redo
+    record = json.loads((parts / "results.json").read_text())
+    assert record["calibration"]["VAE"]["2"]["version"] == fm.CALIBRATION_VERSION
+    del record["calibration"]["VAE"]["2"]["version"]
+    (parts / "results.json").write_text(json.dumps(record))
+    status = fm.main(["--out", str(parts), "--models", "FisherNet", "VAE", "--status"] + common)
+    assert [row["gaps"] for row in status] == [[], ["calibration (outdated)"]]
+
 
 def test_merge_records_unions_dims_and_keeps_entries_measured_with_other_settings():
     def record(d, table1=True, fid_images=100):

@@ -33,7 +33,8 @@ from ..fisher import latent_energy, newton_map
 
 __all__ = ["RefineOptions", "RefinedPosterior", "refine_posterior", "CORRECTIONS",
            "importance_sample", "ImportanceSample", "student_t_draws", "student_t_log_density",
-           "weighted_moments", "other_modes", "energy_at", "quasi_normals"]
+           "weighted_moments", "other_modes", "search_modes", "energy_at",
+           "quasi_normals"]
 
 CORRECTIONS = ("laplace", "importance")
 
@@ -321,24 +322,19 @@ def energy_at(model, x, points, precision, chunk):
     return out
 
 
-def other_modes(model, x, found, map_chol, precision, starts, codebook, max_steps, generator,
-                margin=20.0, separation=3.0):
-    """Local modes of each datum's posterior other than ``found``'s, from several starts.
+def search_modes(model, x, precision, starts, codebook, max_steps, generator):
+    """Newton runs to local modes of each datum's posterior from several starts.
 
     ``codebook`` prior draws are decoded once for the whole batch; the ``starts`` of lowest
-    energy for each datum start Newton runs. A run's end counts as another mode where its
-    energy is within ``margin`` nats of the MAP's (so that it can hold posterior mass) and it
-    lies more than ``separation`` Laplace sigma (``map_chol``, the Cholesky factor of
-    ``M(MAP)^{-1}``) from the MAP; otherwise it is replaced by the MAP itself (a repeated
-    component changes nothing).
+    energy for each datum start Newton runs (:func:`~nifty_fishernet.fisher.newton_map`).
 
     Returns
     -------
-    list of (torch.Tensor, torch.Tensor)
-        ``starts`` pairs: modes ``(B, d)`` and the Cholesky factor of the inverse metric
-        there ``(B, d, d)``.
+    z, energy, laplace_chol : torch.Tensor
+        The runs' ends ``(starts, B, d)``, ``E`` there ``(starts, B)`` and the Cholesky factor
+        of the inverse metric there ``(starts, B, d, d)``.
     """
-    batch, d = found.z.shape
+    batch, d = x.shape[0], model.latent_dim
     book = torch.randn(codebook, d, generator=generator, dtype=x.dtype, device=x.device)
     decoded = model.decoder(book)
     energy = (0.5 * (book ** 2).sum(-1)[None]
@@ -349,10 +345,30 @@ def other_modes(model, x, found, map_chol, precision, starts, codebook, max_step
     runs = newton_map(model.decoder, x.repeat(starts, 1), begin, precision, max_steps=max_steps)
     laplace_chol = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(
         runs.metric)))
+    return (runs.z.reshape(starts, batch, d), runs.energy.reshape(starts, batch),
+            laplace_chol.reshape(starts, batch, d, d))
+
+
+def other_modes(model, x, found, map_chol, precision, starts, codebook, max_steps, generator,
+                margin=20.0, separation=3.0):
+    """Local modes of each datum's posterior other than ``found``'s, from several starts.
+
+    The ends of :func:`search_modes`' runs count as other modes where their energy is
+    within ``margin`` nats of the MAP's (so that they can hold posterior mass; a lower one
+    holds more) and they lie more than ``separation`` Laplace sigma (``map_chol``, the
+    Cholesky factor of ``M(MAP)^{-1}``) from the MAP; otherwise each is replaced by the MAP
+    itself (a repeated component changes nothing).
+
+    Returns
+    -------
+    list of (torch.Tensor, torch.Tensor)
+        ``starts`` pairs: modes ``(B, d)`` and the Cholesky factor of the inverse metric
+        there ``(B, d, d)``.
+    """
+    zs, energies, chols = search_modes(model, x, precision, starts, codebook, max_steps,
+                                       generator)
     out = []
-    for j in range(starts):
-        rows = slice(j * batch, (j + 1) * batch)
-        z, chol, e = runs.z[rows], laplace_chol[rows], runs.energy[rows]
+    for z, e, chol in zip(zs, energies, chols):
         white = torch.linalg.solve_triangular(map_chol, (z - found.z).unsqueeze(-1),
                                               upper=False).squeeze(-1)
         keep = (e < found.energy + margin) & (white.norm(dim=-1) > separation)

@@ -9,11 +9,11 @@ setting; :func:`trained_model_path` says where the models are.
 from .merge import RunMismatchError, cell_gaps, complete_cells, merge_records
 from .paper import PAPER_TABLE1, PAPER_TABLE2, PAPER_VAE_MSE_EXCESS, PAPER_VAE_MSE_PLATEAU
 from .report import calibration_markdown, summary_markdown, write_summary
-from .settings import (DEFAULT_MODELS, DEFAULT_OUT, MODELS, SETTINGS, TRAINING_KEYS, build_model, config_key,
+from .settings import (CALIBRATION_VERSION, DEFAULT_MODELS, DEFAULT_OUT, MODELS, SETTINGS, TRAINING_KEYS, build_model, config_key,
                        setting_for, trained_model_path)
 from .table1 import QUANTITIES, table1_markdown, write_table1
 
-__all__ = ["main", "parse_args", "MODELS", "DEFAULT_MODELS", "SETTINGS", "TRAINING_KEYS", "DEFAULT_OUT",
+__all__ = ["main", "parse_args", "CALIBRATION_VERSION", "MODELS", "DEFAULT_MODELS", "SETTINGS", "TRAINING_KEYS", "DEFAULT_OUT",
            "build_model", "config_key", "setting_for", "trained_model_path",
            "RunMismatchError", "merge_records", "complete_cells", "cell_gaps",
            "PAPER_TABLE1", "PAPER_TABLE2", "PAPER_VAE_MSE_EXCESS", "PAPER_VAE_MSE_PLATEAU",

@@ -8,7 +8,7 @@ record as one run of them all; every part's command is kept under ``parts``.
 
 from __future__ import annotations
 
-from .settings import MODELS, TRAINING_KEYS
+from .settings import CALIBRATION_VERSION, MODELS, TRAINING_KEYS
 from ...errors import NiftyFishernetError
 from ...io import jsonable
 
@@ -142,7 +142,9 @@ def cell_gaps(record, name, d, sample_quality, calibration_models):
     """What cell ``(name, d)`` of ``record`` still lacks, in the order a part fills it: some
     of ``"training"`` (fewer than the setting's epochs recorded), ``"Table 1"`` (if
     ``sample_quality``; with its Inception FIDs where the setting has them) and
-    ``"calibration"`` (for models in ``calibration_models``). Empty: the cell is complete."""
+    ``"calibration"`` (for models in ``calibration_models``; ``"calibration (outdated)"``
+    where the stored entry is of an older :data:`~.settings.CALIBRATION_VERSION`). Empty:
+    the cell is complete."""
     if record is None:
         return ["training", *(["Table 1"] if sample_quality else []),
                 *(["calibration"] if name in calibration_models else [])]
@@ -157,8 +159,14 @@ def cell_gaps(record, name, d, sample_quality, calibration_models):
     if sample_quality and any(d not in table.get("results", {}).get(name, {})
                               for table in tables):
         gaps.append("Table 1")
-    if name in calibration_models and d not in record.get("calibration", {}).get(name, {}):
-        gaps.append("calibration")
+    if name in calibration_models:
+        entry = record.get("calibration", {}).get(name, {}).get(d)
+        if entry is None:
+            gaps.append("calibration")
+        elif entry.get("version", 0) < CALIBRATION_VERSION:
+            # measured by an older harness (e.g. version 3: exact references centred on the
+            # encoder's mode alone): kept in the record until a part measures it again
+            gaps.append("calibration (outdated)")
     return gaps
 
 

@@ -145,7 +145,7 @@ def status_markdown(rows, out, mode, epochs):
     by_model = {}
     for row in rows:
         by_model.setdefault(row["model"], {})[row["d"]] = row
-    short = {"Table 1": "T1", "calibration": "cal"}
+    short = {"Table 1": "T1", "calibration": "cal", "calibration (outdated)": "cal (outdated)"}
 
     def cell(row):
         if not row["gaps"]:
@@ -164,7 +164,7 @@ def status_markdown(rows, out, mode, epochs):
         return prefix + "needs " + ", ".join(needs) if needs else prefix.rstrip("; ")
 
     lines = [f"{out}, {mode} setting (ep: epochs trained so far; T1: Table 1; cal: "
-             f"calibration):", "",
+             f"calibration; outdated: measured by an older harness):", "",
              "| model | " + " | ".join(f"d={d}" for d in dims) + " |",
              "|---|" + "---|" * len(dims)]
     for name, by_dim in by_model.items():

@@ -268,6 +268,7 @@ def calibration(trained, test_x, setting, args):
                 began = time.perf_counter()
                 entry = calibrate(model, test_x, seed=args.seed, nifty=nifty, **options)
                 entry["seconds"] = time.perf_counter() - began
+                entry["version"] = CALIBRATION_VERSION  # an older entry is recomputed
                 entry = jsonable(entry)
                 cache.put(f"calibration_{name}_d{d}", key, entry)
             results.setdefault(name, {})[d] = entry
