@@ -72,6 +72,23 @@ def test_posterior_shape_demo_smoke(tmp_path):
     assert set(report["mahalanobis2_in_laplace"]) == set(report["chi2"])
 
 
+def test_reference_modes_demo_smoke(tmp_path):
+    from nifty_fishernet.experiments import reference_modes
+
+    checkpoint = tmp_path / "fishernet.h5"
+    nf.FisherNet(2, hidden=32, layers=1).save(checkpoint)  # untrained: the plumbing only
+    report = reference_modes.main(["--models", str(checkpoint), "--images", "4",
+                                   "--out", str(tmp_path / "modes")])
+    assert (tmp_path / "modes" / "reference_modes.json").stat().st_size > 100
+    result = report["results"][str(checkpoint)]
+    assert result["method"] == "grid" and 0 <= result["images_with_lower_mode"] <= 4
+    for by_reference in result["methods"].values():
+        assert set(by_reference) == {"encoder's mode", "lowest mode"}
+        assert all(0 <= v["mass_95"] <= 1 for v in by_reference.values())
+    with pytest.raises(SystemExit, match="nothing to measure"):
+        reference_modes.main(["--out", str(tmp_path / "none")])
+
+
 @pytest.mark.nifty
 def test_nifty_prior_demo_smoke(tmp_path):
     from nifty_fishernet.experiments import nifty_prior
