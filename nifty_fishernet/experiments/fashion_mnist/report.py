@@ -52,16 +52,16 @@ def summary_markdown(report):
         lines += [f"Run in {len(parts)} parts, merged (each part's command below).", ""]
     else:
         lines += [f"Command: `{report.get('command', 'python demos/fashion_mnist.py')}`", ""]
+    wall = (f"wall time {sum(p['wall_seconds'] for p in parts) / 60:.1f} min over all parts "
+            f"(device and threads: the last part's; each part's in the table; "
+            if len(parts) > 1 else f"wall time {report['wall_seconds'] / 60:.1f} min (")
     lines += [f"- {setting['epochs']} epochs on {setting['n_train']:,} training images, batch "
               f"{setting['batch_size']}, Adam lr {setting['lr']:g} (noise level: "
               f"{setting['lr'] if setting['noise_lr'] is None else setting['noise_lr']:g}), "
               f"seed {report['seed']}",
               f"- device {report['device']}, torch {report['torch']} ({report['threads']} "
-              f"thread{'' if report['threads'] == 1 else 's'}), {report['machine']}; "
-              + (f"wall time {sum(p['wall_seconds'] for p in parts) / 60:.1f} min over all "
-                 f"parts (device and threads: the last part's; each part's in the table; "
-                 if len(parts) > 1 else f"wall time {report['wall_seconds'] / 60:.1f} min (")
-              + "work found finished in the output folder is not redone and not counted)", ""]
+              f"thread{'' if report['threads'] == 1 else 's'}), {report['machine']}; {wall}"
+              f"work found finished in the output folder is not redone and not counted)", ""]
     if len(parts) > 1:
         lines += ["| part | command | models × d | device, threads | wall time |",
                   "|---|---|---|---|---|"]
@@ -151,16 +151,13 @@ def status_markdown(rows, out, mode, epochs):
         if not row["gaps"]:
             return "done"
         needs = [short[gap] for gap in row["gaps"] if gap != "training"]
-        if "training" not in row["gaps"]:
-            prefix = ""
-        elif row["epochs"] == 0:
-            prefix = ""
-            needs.insert(0, "train")
-        elif row["epochs"] == epochs:
-            prefix = "trained; "  # finished weights, not yet in the record
-        else:
-            prefix = f"{row['epochs']}/{epochs} ep; "
-            needs.insert(0, "train")
+        prefix = ""
+        if "training" in row["gaps"]:
+            if row["epochs"] == epochs:
+                prefix = "trained; "  # finished weights, not yet in the record
+            else:
+                needs.insert(0, "train")
+                prefix = f"{row['epochs']}/{epochs} ep; " if row["epochs"] else ""
         return prefix + "needs " + ", ".join(needs) if needs else prefix.rstrip("; ")
 
     lines = [f"{out}, {mode} setting (ep: epochs trained so far; T1: Table 1; cal: "
