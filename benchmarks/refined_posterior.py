@@ -7,14 +7,16 @@ most 1/100 of MGVI's time per image at B = 128 (MGVI: ``nf.latent_posterior``, b
 sample pairs, 3 KL iterations, float32, one torch thread), measured in the same run. Prints
 seconds per image and the ratio MGVI / method, and beside them each method's coverage of
 the true latent by its 68 % / 95 % regions on ``--sims`` data simulated from the model
-itself (``nifty_fishernet.calibration``), so cost and honesty are read together.
+itself, and the exact posterior's mass inside them on the first ``--real`` test images (the
+version-4 exact reference of ``nifty_fishernet.calibration``), so cost and honesty are read
+together.
 
-The model is the main job's d = 5 FisherNet (``--checkpoint``; default: the newest
-``output/fashion_mnist/models/FisherNet_d5_*.h5``), else ``nf.quick_fishernet``'s quick
+The model is the main job's FisherNet of ``--dim`` (``--checkpoint``; default: the newest
+``output/fashion_mnist/models/FisherNet_d<dim>_*.h5``), else ``nf.quick_fishernet``'s quick
 recipe (kept in the user cache)::
 
-    python benchmarks/refined_posterior.py [--batch 128] [--checkpoint PATH]
-        [--draws 256 1024]
+    python benchmarks/refined_posterior.py [--dim 5] [--batch 128] [--checkpoint PATH]
+        [--draws 128 512] [--sims 1000] [--real 200]
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from nifty_fishernet import calibration as cal
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=5, help="latent dimension d")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--checkpoint", default=None, help="trained FisherNet (HDF5)")
     parser.add_argument("--draws", type=int, nargs="+", default=[128, 512],
                         help="importance draws per image (per round)")
     parser.add_argument("--sims", type=int, default=1000,
                         help="simulated data for the coverage columns")
+    parser.add_argument("--real", type=int, default=200,
+                        help="test images for the exact-mass columns (0: none)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     return parser.parse_args(argv)
 
@@ -54,7 +59,7 @@ def best_time(function, repeats):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(1)
-    model, source = nf.quick_fishernet(5, args.checkpoint)
+    model, source = nf.quick_fishernet(args.dim, args.checkpoint)
     print(f"# model: {source}")
     test, _ = nf.load_fashion_mnist("test")
     x = torch.from_numpy(test[:args.batch])
@@ -64,7 +69,7 @@ def main(argv=None):
                                                  method="mgvi", n_samples=5,
                                                  total_iterations=3, dtype=torch.float32),
                      1) / args.batch
-    rows = {"MGVI (NIFTy, blockwise)": (mgvi, None)}
+    rows = {"MGVI (NIFTy, blockwise)": (mgvi, None, None)}
     methods = {"amortized": dict(refine=False),
                "refined (Laplace, <= 50 Newton steps)": dict(refine=True, max_steps=50),
                "refined (Laplace; default <= 10 steps)": dict(refine=True),
@@ -85,16 +90,26 @@ def main(argv=None):
     methods["refined (RefineOptions.fast(): the above, bfloat16 products)"] = dict(
         refine=nf.RefineOptions.fast())
     truth, simulated = cal.simulate(model, args.sims, seed=0)
+    real = torch.from_numpy(test[:args.real])
     with torch.no_grad():
+        exact = (cal.exact_posterior(model, real, seed=0, refined=model.refined_posterior(
+            real, correction="importance")) if args.real else None)
         for name, options in methods.items():
             seconds = best_time(lambda o=options: model.posterior(x, **o),
                                 args.repeats) / args.batch
             covered = cal.gaussian_coverage(*model.posterior(simulated, **options), truth)
-            rows[name] = (seconds, covered.mean(0))
-    print(f"{'method':>68} {'s/image':>10} {'MGVI / method':>14} {'coverage 68/95 %':>17}")
-    for name, (seconds, coverage) in rows.items():
-        cover = "–" if coverage is None else f"{coverage[0]:.2f} / {coverage[1]:.2f}"
-        print(f"{name:>68} {seconds:>10.2e} {mgvi / seconds:>14.1f} {cover:>17}")
+            mass = None
+            if exact is not None:
+                found = cal.compare_to_exact(model, real, exact,
+                                             *model.posterior(real, **options))
+                mass = (found["mass_68"].mean(), found["mass_95"].mean())
+            rows[name] = (seconds, covered.mean(0), mass)
+    print(f"{'method':>68} {'s/image':>10} {'MGVI / method':>14} {'coverage 68/95 %':>17} "
+          f"{'exact mass 68/95 %':>19}")
+    for name, (seconds, *measured) in rows.items():
+        cover, mass = ("–" if value is None else f"{value[0]:.2f} / {value[1]:.2f}"
+                       for value in measured)
+        print(f"{name:>68} {seconds:>10.2e} {mgvi / seconds:>14.1f} {cover:>17} {mass:>19}")
     return rows
 
 
