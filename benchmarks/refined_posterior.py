@@ -94,8 +94,7 @@ def main(argv=None):
     truth, simulated = cal.simulate(model, args.sims, seed=0)
     real = torch.from_numpy(test[:args.real])
     with torch.no_grad():
-        exact = (cal.exact_posterior(model, real, seed=0, refined=model.refined_posterior(
-            real, correction="importance")) if args.real else None)
+        exact = cal.exact_posterior(model, real, seed=0) if args.real else None
         for name, options in methods.items():
             seconds = best_time(lambda o=options: model.posterior(x, **o),
                                 args.repeats) / args.batch

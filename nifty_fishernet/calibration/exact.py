@@ -33,7 +33,7 @@ import torch
 from scipy.stats import chi2
 
 from ..models.refine import (energy_at, importance_sample, refine_posterior, search_modes,
-                             weighted_moments)
+                             weighted_moments, whiten)
 from .sbc import LEVELS, mahalanobis2
 
 __all__ = ["ExactPosterior", "exact_posterior", "compare_to_exact", "lower_bound_eigenvalues",
@@ -156,11 +156,6 @@ def exact_posterior(model, x, method="auto", grid_points=None, min_extent=6.0, m
                                 codebook, max_steps, margin, separation)
 
 
-def _whiten(chol, diff):
-    """``L^{-1} diff`` for Cholesky factors ``chol`` (B, d, d) and differences (B, d)."""
-    return torch.linalg.solve_triangular(chol, diff.unsqueeze(-1), upper=False).squeeze(-1)
-
-
 def _modes(model, x, refined, starts, codebook, max_steps, margin, separation, generator,
            chunk):
     """The lowest-energy mode of each datum among ``refined``'s MAP and the ends of
@@ -186,12 +181,12 @@ def _modes(model, x, refined, starts, codebook, max_steps, margin, separation, g
     best = energy.argmin(0)  # (B,)
     rows = torch.arange(z.shape[1])
     centre, centre_chol = z[best, rows], chol[best, rows]
-    distance = [_whiten(centre_chol, z_k - centre).norm(dim=-1) for z_k in z]
+    distance = [whiten(centre_chol, z_k - centre).norm(dim=-1) for z_k in z]
     others = []
     for k in range(z.shape[0]):
         keep = (energy[k] < energy[best, rows] + margin) & (distance[k] > separation)
         for earlier_z, _, _, earlier_keep in others:  # a mode found twice counts once
-            same = _whiten(centre_chol, z[k] - earlier_z).norm(dim=-1) <= separation
+            same = whiten(centre_chol, z[k] - earlier_z).norm(dim=-1) <= separation
             keep &= ~(same & earlier_keep)
         others.append((z[k], chol[k], log_mass[k], keep))
     # distance[0]: the encoder's MAP from the centre
@@ -220,7 +215,7 @@ def _exact_posterior(model, x, method, grid_points, min_extent, max_extent, n_dr
     xd = x.double().cpu()
     if method == "grid":
         n = int(grid_points or GRID_POINTS[d])
-        offset = _whiten(chol, initial - centre)
+        offset = whiten(chol, initial - centre)
         extent = (offset.abs().amax(-1) + 3).clamp(min=min_extent, max=max_extent)  # (B,)
         axis = torch.linspace(-1, 1, n, dtype=torch.float64)
         unit = torch.tensor(list(itertools.product(axis.tolist(), repeat=d)),
@@ -237,7 +232,7 @@ def _exact_posterior(model, x, method, grid_points, min_extent, max_extent, n_dr
         edge = (unit.abs() == 1).any(-1)
         edge_mass = log_weights[edge].exp().sum(0)
         # further modes outside the grid: their Laplace mass against the centre's
-        outside = [torch.where(keep & (_whiten(chol, z - centre).abs().amax(-1) > extent),
+        outside = [torch.where(keep & (whiten(chol, z - centre).abs().amax(-1) > extent),
                                log_mass, torch.full_like(log_mass, -math.inf))
                    for z, _, log_mass, keep in others]
         log_outside = torch.logsumexp(torch.stack(outside), 0)

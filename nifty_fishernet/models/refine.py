@@ -36,7 +36,7 @@ __all__ = ["RefineOptions", "RefinedPosterior", "refine_posterior", "CORRECTIONS
            "importance_sample", "ImportanceSample", "student_t_draws", "student_t_log_density",
            "weighted_moments", "other_modes", "search_modes", "energy_at",
            "quasi_normals", "predictive_scale", "float32_matmul_precision",
-           "MATMUL_PRECISIONS"]
+           "MATMUL_PRECISIONS", "whiten"]
 
 CORRECTIONS = ("laplace", "importance")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
@@ -150,7 +150,7 @@ class RefineOptions:
         depends on the posterior: on the quick FisherNet of ``nf.quick_fishernet(5)`` it
         covers simulated truths 0.68 / 0.94 (68 / 95 %), on another training run of the
         same recipe 0.60 / 0.83 (effective sample size median ~80), where the default
-        reaches 0.66 / 0.89 and 1,024 draws x 4 rounds 0.70 / 0.93. Check
+        reaches 0.66 / 0.89 and 1,024 draws x 4 rounds 0.70 / 0.92. Check
         ``RefinedPosterior.ess`` (docs/RESULTS.md, "Calibration")."""
         preset = dict(correction="importance", n_draws=64, adapt_rounds=3, starts=0,
                       quasi_random=True, sample_size_correction=True,
@@ -384,6 +384,12 @@ def energy_at(model, x, points, precision, chunk):
     return out
 
 
+def whiten(chol, diff):
+    """``L^{-1} diff`` for Cholesky factors ``chol`` (B, d, d) and differences (B, d): a
+    difference in units of the Gaussian's standard deviations."""
+    return torch.linalg.solve_triangular(chol, diff.unsqueeze(-1), upper=False).squeeze(-1)
+
+
 def search_modes(model, x, precision, starts, codebook, max_steps, generator):
     """Newton runs to local modes of each datum's posterior from several starts.
 
@@ -431,9 +437,8 @@ def other_modes(model, x, found, map_chol, precision, starts, codebook, max_step
                                        generator)
     out = []
     for z, e, chol in zip(zs, energies, chols):
-        white = torch.linalg.solve_triangular(map_chol, (z - found.z).unsqueeze(-1),
-                                              upper=False).squeeze(-1)
-        keep = (e < found.energy + margin) & (white.norm(dim=-1) > separation)
+        keep = ((e < found.energy + margin)
+                & (whiten(map_chol, z - found.z).norm(dim=-1) > separation))
         out.append((torch.where(keep[:, None], z, found.z),
                     torch.where(keep[:, None, None], chol, map_chol)))
     return out
