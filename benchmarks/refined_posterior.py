@@ -18,7 +18,11 @@ The model is the main job's FisherNet of ``--dim`` (``--checkpoint``; default: t
 recipe (kept in the user cache)::
 
     python benchmarks/refined_posterior.py [--dim 5] [--batch 128] [--checkpoint PATH]
-        [--draws 128 512] [--sims 1000] [--real 200]
+        [--draws 128 512] [--sims 1000] [--real 200] [--network]
+
+``--network`` adds ``RefineOptions.fast()`` with a posterior network
+(``nf.fit_posterior_network``, fitted once to the model's own simulations; its CPU time is
+printed apart) as a further proposal component, at 64, 128 and 256 draws per round.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--real", type=int, default=200,
                         help="test images for the exact-mass columns (0: none)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--network", action="store_true",
+                        help="also fast() with a posterior network fitted to the model's "
+                             "simulations as a further proposal component")
     return parser.parse_args(argv)
 
 
@@ -91,6 +98,15 @@ def main(argv=None):
     methods["refined (importance, 64 x 4, quasi, sample-size corrected)"] = cheap
     methods["refined (RefineOptions.fast(): the above, bfloat16 products)"] = dict(
         refine=nf.RefineOptions.fast())
+    if args.network:
+        # fitted once per model (printed apart: amortized over all the images it serves)
+        began = time.process_time()
+        network = nf.fit_posterior_network(model, seed=0, progress=False)
+        print(f"# posterior network fitted in {time.process_time() - began:.0f} CPU s "
+              f"(nf.fit_posterior_network, 4,000 steps)")
+        for draws in (64, 128, 256):
+            methods[f"refined (fast(n_draws={draws}), posterior network proposal)"] = dict(
+                refine=nf.RefineOptions.fast(n_draws=draws), proposal=network.posterior)
     truth, simulated = cal.simulate(model, args.sims, seed=0)
     real = torch.from_numpy(test[:args.real])
     with torch.no_grad():

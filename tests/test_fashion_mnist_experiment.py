@@ -48,6 +48,9 @@ def test_main_job_smoke(tmp_path, monkeypatch):
         for method in methods.values():
             assert all(0 <= value <= 1 for value in method["coverage"].values())
         assert entry["2"]["real"]["exact"]["method"] == "grid"
+        ess = methods["refined (importance)"]["ess"]
+        assert (f"| {name} | 2 | refined (importance) |" in summary
+                and f"| {ess['median']:.0f} ({ess['q10']:.0f}) |" in summary)
     fisher_mse = report["results"]["FisherNet"]["2"]["test_mse"]
     assert f"| FisherNet | {fisher_mse:.5f} |" in summary
     assert "(+2.0e-04)" in summary and "## Table 1: FIDs" in summary

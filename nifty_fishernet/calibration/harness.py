@@ -73,6 +73,28 @@ def _posterior_of(model, method):
     return lambda part: model.posterior(part, **method)
 
 
+def _with_ess(model, method):
+    """``x -> (mean, covariance, ess)``: ``ess`` the importance-sampled refinement's
+    effective sample size per datum (NaN for other methods), the warning sign of a posterior
+    too hard for its draws."""
+    options = dict(method) if isinstance(method, dict) else {}
+    refine = options.pop("refine", False)
+    if refine is False or callable(method):
+        posterior = _posterior_of(model, method)
+
+        def function(part):
+            mean, cov = posterior(part)
+            return mean, cov, torch.full(mean.shape[:1], float("nan"), dtype=mean.dtype)
+        return function
+
+    def refined(part):
+        result = model.refined_posterior(part, refine, **options)
+        ess = (torch.full(result.mean.shape[:1], float("nan"), dtype=result.mean.dtype)
+               if result.ess is None else result.ess)
+        return result.mean, result.covariance, ess
+    return refined
+
+
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
               n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256,
               exact_options=None, nifty_options=None, progress=True):
@@ -115,7 +137,8 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     -------
     dict
         ``latent_dim``, ``noise_std``, ``simulated`` (per method: ``coverage`` at 68 / 95,
-        ``rank_histogram`` ``(d, bins)``, ``seconds_per_datum``; plus ``exact reference``,
+        ``rank_histogram`` ``(d, bins)``, ``seconds_per_datum``, and for importance-sampled
+        refinements the ``ess`` quantiles of their draws; plus ``exact reference``,
         the SBC of the exact posterior itself for ``d > 3`` where it is importance-sampled),
         ``real`` (per method: ``mass_68``, ``mass_95``, ``kl_pq``, ``kl_qp``,
         ``mean_error_sigma`` as mean / median / 10 % / 90 % over images; plus the exact
@@ -141,13 +164,16 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     for name, options in methods.items():
         began = time.perf_counter()
         with torch.no_grad():
-            mean, cov = _batched(x, batch_size, _posterior_of(model, options), name, progress)
+            mean, cov, ess = _batched(x, batch_size, _with_ess(model, options), name,
+                                      progress)
         seconds = (time.perf_counter() - began) / x.shape[0]
         draws = _gaussian_draws(mean, cov, rank_draws, generator)
         out["simulated"][name] = {
             "coverage": _coverage(gaussian_coverage(mean, cov, truth)),
             "rank_histogram": rank_histogram(sbc_ranks(draws, truth), bins).tolist(),
             "seconds_per_datum": seconds}
+        if torch.isfinite(ess).all():
+            out["simulated"][name]["ess"] = _quantiles(ess.cpu().numpy())
         bar.update()
     # mirrored samples span n_samples directions: the real-image comparison needs a
     # covariance of full rank

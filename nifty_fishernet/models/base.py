@@ -137,8 +137,9 @@ class LatentModel(nn.Module):
             covariance or importance-sampled moments
             (:func:`~nifty_fishernet.models.refine.refine_posterior`).
         **options
-            Fields of ``RefineOptions`` (e.g. ``correction="importance"``); only with
-            ``refine``.
+            Fields of ``RefineOptions`` (e.g. ``correction="importance"``), or
+            ``proposal`` (see :func:`~nifty_fishernet.models.refine.refine_posterior`);
+            only with ``refine``.
         """
         if refine is False:
             if options:
@@ -147,16 +148,17 @@ class LatentModel(nn.Module):
         result = self.refined_posterior(x, refine, **options)
         return result.mean, result.covariance
 
-    def refined_posterior(self, x, refine=True, **options):
+    def refined_posterior(self, x, refine=True, proposal=None, **options):
         """The full :class:`~nifty_fishernet.models.refine.RefinedPosterior` of ``x`` (MAP,
-        Laplace covariance, Newton steps, importance draws and their effective size)."""
+        Laplace covariance, Newton steps, importance draws and their effective size);
+        ``proposal`` as in :func:`~nifty_fishernet.models.refine.refine_posterior`."""
         from .refine import RefineOptions, refine_posterior
 
         if refine is True:
             refine = None
         elif not isinstance(refine, RefineOptions):
             raise TypeError(f"refine must be False, True or a RefineOptions, got {refine!r}")
-        return refine_posterior(self, x, refine, **options)
+        return refine_posterior(self, x, refine, proposal=proposal, **options)
 
     def sample_posterior(self, x, n_samples=1, generator=None, refine=False, **options):
         """Draws from :meth:`posterior` for ``x``: ``(n_samples, B, d)``.

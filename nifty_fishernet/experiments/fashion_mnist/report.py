@@ -114,9 +114,11 @@ def calibration_markdown(results):
     lines = ["Coverage of the true latent by the 68 % / 95 % credible regions on data "
              "simulated from each model itself, and the exact posterior's mass inside them "
              "on real test images (ideal: 0.68 / 0.95); the mean error in exact posterior "
-             "sigma (median over images).", "",
+             "sigma (median over images); for importance-sampled refinements the effective "
+             "sample size of their draws on the simulated data, median (10 % quantile): a "
+             "low one warns of a posterior too hard for the draws.", "",
              "| model | d | method | coverage 68 / 95 (simulated) | exact mass 68 / 95 (real) "
-             "| mean error [sigma] | s / datum |", "|---|---|---|---|---|---|---|"]
+             "| mean error [sigma] | ESS | s / datum |", "|---|---|---|---|---|---|---|---|"]
     for name, by_dim in results.items():
         for d, entry in sorted(by_dim.items(), key=lambda item: int(item[0])):
             for method, sim in entry["simulated"].items():
@@ -125,8 +127,10 @@ def calibration_markdown(results):
                         f"{real['mass_68']['mean']:.2f} / {real['mass_95']['mean']:.2f}")
                 error = "–" if real is None else f"{real['mean_error_sigma']['median']:.2f}"
                 seconds = sim.get("seconds_per_datum")
+                ess = ("–" if "ess" not in sim else
+                       f"{sim['ess']['median']:.0f} ({sim['ess']['q10']:.0f})")
                 lines.append(f"| {name} | {d} | {method} | {sim['coverage']['68']:.2f} / "
-                             f"{sim['coverage']['95']:.2f} | {mass} | {error} | "
+                             f"{sim['coverage']['95']:.2f} | {mass} | {error} | {ess} | "
                              + ("–" if seconds is None else f"{seconds:.1e}") + " |")
     return "\n".join(lines) + "\n"
 
