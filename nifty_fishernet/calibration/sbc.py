@@ -67,16 +67,37 @@ def gaussian_coverage(mean, covariance, truth, levels=LEVELS):
     return (m2[:, None] <= limits).numpy()
 
 
-def _weighted_rank(values, truth_value, weights):
-    """Fraction of (weighted) draws below the truth, ``(B, ...)``; draws axis first."""
+def _truth_rank(values, truth_value, weights):
+    """The truth's mid-rank among the draws, ``(B, ...)`` in (0, 1); draws axis first.
+
+    With ``S`` equal-weight draws and ``k`` of them below the truth: ``(k + 1/2) / (S + 1)``,
+    the middle of the truth's slot among all ``S + 1`` points. When the truth is one more
+    draw of the posterior the ``S + 1`` points are exchangeable, ``k`` is uniform on
+    ``0 … S`` and so ``P(rank < level)`` is within ``1 / (2 (S + 1))`` of ``level`` (the
+    plain fraction ``k / S`` is off by up to ``1 / (S + 1)``: 0.905 instead of 0.95 with 20
+    draws). Importance weights count as ``n = 1 / sum w^2`` draws.
+    """
     if weights is None:
-        return (values < truth_value).double().mean(0)
-    return (weights * (values < truth_value)).sum(0)
+        n = values.shape[0]
+        below = (values < truth_value).double().sum(0) / n
+    else:
+        n = 1.0 / (weights ** 2).sum(0)
+        below = (weights * (values < truth_value)).sum(0)
+    return (below * n + 0.5) / (n + 1)
 
 
 def sample_coverage(draws, truth, levels=LEVELS, weights=None):
     """``(B, L)`` bool: whether the truth's Mahalanobis distance ranks below ``level`` among
     the draws' distances.
+
+    The distances are measured in the moments of the draws *and the truth* (the truth
+    counting as one more draw, ``1 / (n + 1)`` of the weight for ``n`` effective draws), so
+    that under calibration the truth and the draws are exchangeable. Moments of the draws
+    alone would measure the draws in-sample and the truth out-of-sample: with ``S`` exact
+    posterior draws in ``d`` dimensions the truth then looks too far, and the coverage comes
+    out far below nominal (20 draws, d = 5: 0.47 / 0.68 instead of 0.68 / 0.95; 24 draws,
+    d = 10: 0.26 / 0.41), which made MGVI and geoVI look worse than they are before
+    harness version 5.
 
     Parameters
     ----------
@@ -90,24 +111,28 @@ def sample_coverage(draws, truth, levels=LEVELS, weights=None):
     draws = torch.as_tensor(draws).detach().double()
     truth = torch.as_tensor(truth).detach().double()
     w = None if weights is None else torch.as_tensor(weights).detach().double()
-    # equal weights give the draws' plain moments; the ranks do not depend on the
-    # covariance's overall scale
-    log_w = (torch.full(draws.shape[:2], -math.log(draws.shape[0]), dtype=torch.float64)
-             if w is None else torch.log(w))
-    mean, cov = weighted_moments(draws, log_w)
+    n = (torch.full(draws.shape[1:2], float(draws.shape[0]), dtype=torch.float64)
+         if w is None else 1.0 / (w ** 2).sum(0))
+    share = (torch.full(draws.shape[:2], 1.0 / draws.shape[0], dtype=torch.float64)
+             if w is None else w)
+    pooled = torch.cat([share * n / (n + 1), (1 / (n + 1))[None]])
+    points = torch.cat([draws, truth[None]])
+    mean, cov = weighted_moments(points, torch.log(pooled))
+    # the ranks do not depend on the covariance's overall scale
     cov = cov + 1e-12 * torch.eye(draws.shape[-1], dtype=torch.float64)
-    rank = _weighted_rank(mahalanobis2(draws, mean, cov), mahalanobis2(truth[None], mean,
-                                                                        cov)[0], w)
+    rank = _truth_rank(mahalanobis2(draws, mean, cov), mahalanobis2(truth[None], mean,
+                                                                    cov)[0], w)
     return (rank[:, None] < torch.tensor(levels, dtype=torch.float64)).numpy()
 
 
 def sbc_ranks(draws, truth, weights=None):
-    """Normalised SBC ranks ``(B, d)`` in [0, 1]: per latent dimension, the (weighted)
-    fraction of the posterior's draws below the true value. Uniform when calibrated."""
+    """Normalised SBC ranks ``(B, d)`` in (0, 1): per latent dimension, the truth's
+    mid-rank among the posterior's (weighted) draws (see :func:`_truth_rank`). Uniform when
+    calibrated."""
     draws = torch.as_tensor(draws).detach().double()
     truth = torch.as_tensor(truth).detach().double()
     w = None if weights is None else torch.as_tensor(weights).detach().double()[..., None]
-    return _weighted_rank(draws, truth[None], w).numpy()
+    return _truth_rank(draws, truth[None], w).numpy()
 
 
 def rank_histogram(ranks, bins=10):

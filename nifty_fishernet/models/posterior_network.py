@@ -150,10 +150,12 @@ def fit_posterior_network(model, steps=4000, batch_size=256, lr=1e-3, hidden=512
             value = model.decoder(z)
             x = value + model.noise_std * torch.randn(value.shape, generator=generator,
                                                       dtype=model.dtype, device=model.device)
-        loss = -network.log_prob(z, x).mean()
-        if real_images is not None:
-            loss = loss + _wake_loss(network, model, real_images, wake_draws, wake_batch,
-                                     generator)
+        # a caller's torch.no_grad() block must not silently switch the fit off
+        with torch.enable_grad():
+            loss = -network.log_prob(z, x).mean()
+            if real_images is not None:
+                loss = loss + _wake_loss(network, model, real_images, wake_draws, wake_batch,
+                                         generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"posterior network loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
