@@ -151,7 +151,9 @@ class RefineOptions:
         covers simulated truths 0.68 / 0.94 (68 / 95 %), on another training run of the
         same recipe 0.60 / 0.83 (effective sample size median ~80), where the default
         reaches 0.66 / 0.89 and 1,024 draws x 4 rounds 0.70 / 0.92. Check
-        ``RefinedPosterior.ess`` (docs/RESULTS.md, "Calibration")."""
+        ``RefinedPosterior.ess`` (docs/RESULTS.md, "Calibration"); a mass-covering
+        ``proposal`` (:func:`refine_posterior`) buys back most of the gap on simulated
+        data."""
         preset = dict(correction="importance", n_draws=64, adapt_rounds=3, starts=0,
                       quasi_random=True, sample_size_correction=True,
                       matmul_precision="medium")
