@@ -51,16 +51,17 @@ def parse_args(argv=None):
 
 def refine_all(model, x, truth, options, batch, proposal=None):
     """Per datum: Gaussian coverage (n, 2), draws' coverage (n, 2), ESS, widening; CPU s."""
+    starts = range(0, x.shape[0], batch)
     began = time.process_time()
     parts = [model.refined_posterior(x[start:start + batch], options, proposal=proposal)
-             for start in range(0, x.shape[0], batch)]
+             for start in starts]
     seconds = (time.process_time() - began) / x.shape[0]
-    gaussian = np.concatenate([np.asarray(cal.gaussian_coverage(p.mean, p.covariance,
-                                                                truth[start:start + batch]))
-                               for p, start in zip(parts, range(0, x.shape[0], batch))])
-    draws = np.concatenate([np.asarray(cal.sample_coverage(
-        p.draws, truth[start:start + batch], weights=p.log_weights.exp()))
-        for p, start in zip(parts, range(0, x.shape[0], batch))])
+    truths = [truth[start:start + batch] for start in starts]
+    gaussian = np.concatenate([np.asarray(cal.gaussian_coverage(p.mean, p.covariance, t))
+                               for p, t in zip(parts, truths)])
+    draws = np.concatenate([np.asarray(cal.sample_coverage(p.draws, t,
+                                                           weights=p.log_weights.exp()))
+                            for p, t in zip(parts, truths)])
     ess = torch.cat([p.ess for p in parts]).numpy()
     widening = np.concatenate([np.asarray(cal.lower_bound_eigenvalues(
         p.covariance, p.laplace_covariance)).reshape(p.mean.shape[0], -1).max(1)

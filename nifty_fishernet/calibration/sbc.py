@@ -14,8 +14,6 @@ and its rank below ``a`` defines a region of mass ``a``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.stats import chi2
