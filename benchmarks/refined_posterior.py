@@ -11,7 +11,9 @@ BLAS keeps one thread too) and the ratio MGVI / method, and beside them each met
 the true latent by its 68 % / 95 % regions on ``--sims`` data simulated from the model
 itself, and the exact posterior's mass inside them on the first ``--real`` test images (the
 version-4 exact reference of ``nifty_fishernet.calibration``), so cost and honesty are read
-together.
+together. Importance-sampled refinements are also judged by their highest-density regions
+(``RefinedPosterior.energy_threshold``: level sets of the model's energy, thresholds from the
+same weighted draws; columns "HPD"), which follow a non-Gaussian posterior's shape.
 
 The model is the main job's FisherNet of ``--dim`` (``--checkpoint``; default: the newest
 ``output/fashion_mnist/models/FisherNet_d<dim>_*.h5``), else ``nf.quick_fishernet``'s quick
@@ -65,6 +67,33 @@ def best_time(function, repeats):
     return best
 
 
+def measure(model, options, simulated, truth, truth_energy, real, exact):
+    """A method's coverage of the simulated truths and exact mass on the real images (68 /
+    95 %) by the Gaussian of its moments, and for importance-sampled refinements by its
+    highest-density regions (None where not measured)."""
+    def run(x):
+        if options.get("refine", False) is False:
+            return (*model.posterior(x, **options), None)
+        result = model.refined_posterior(x, **options)
+        return result.mean, result.covariance, (result if result.draw_energy is not None
+                                                else None)
+
+    mean, cov, result = run(simulated)
+    cover = cal.gaussian_coverage(mean, cov, truth).mean(0)
+    hpd_cover = None if result is None else [
+        float((cal.hpd_ranks(result.draw_energy, truth_energy, result.log_weights.exp())
+               < level).mean()) for level in cal.LEVELS]
+    mass = hpd_mass = None
+    if exact is not None:
+        mean, cov, result = run(real)
+        found = cal.compare_to_exact(model, real, exact, mean, cov)
+        mass = (found["mass_68"].mean(), found["mass_95"].mean())
+        if result is not None:
+            hpd_mass = [float(cal.exact_mass_below(exact, result.energy_threshold(level))
+                              .mean()) for level in cal.LEVELS]
+    return cover, mass, hpd_cover, hpd_mass
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -110,23 +139,21 @@ def main(argv=None):
     truth, simulated = cal.simulate(model, args.sims, seed=0)
     real = torch.from_numpy(test[:args.real])
     with torch.no_grad():
+        truth_energy = model.energy(simulated, truth)
         exact = cal.exact_posterior(model, real, seed=0) if args.real else None
         for name, options in methods.items():
             seconds = best_time(lambda o=options: model.posterior(x, **o),
                                 args.repeats) / args.batch
-            covered = cal.gaussian_coverage(*model.posterior(simulated, **options), truth)
-            mass = None
-            if exact is not None:
-                found = cal.compare_to_exact(model, real, exact,
-                                             *model.posterior(real, **options))
-                mass = (found["mass_68"].mean(), found["mass_95"].mean())
-            rows[name] = (seconds, covered.mean(0), mass)
+            rows[name] = (seconds, *measure(model, options, simulated, truth, truth_energy,
+                                            real, exact))
     print(f"{'method':>68} {'CPU s/image':>11} {'MGVI / method':>14} {'coverage 68/95 %':>17} "
-          f"{'exact mass 68/95 %':>19}")
+          f"{'exact mass 68/95 %':>19} {'HPD coverage':>13} {'HPD exact mass':>15}")
     for name, (seconds, *measured) in rows.items():
-        cover, mass = ("–" if value is None else f"{value[0]:.2f} / {value[1]:.2f}"
-                       for value in measured)
-        print(f"{name:>68} {seconds:>11.2e} {mgvi / seconds:>14.1f} {cover:>17} {mass:>19}")
+        cover, mass, hpd_cover, hpd_mass = ("–" if value is None else
+                                            f"{value[0]:.2f} / {value[1]:.2f}"
+                                            for value in (measured + [None, None])[:4])
+        print(f"{name:>68} {seconds:>11.2e} {mgvi / seconds:>14.1f} {cover:>17} {mass:>19} "
+              f"{hpd_cover:>13} {hpd_mass:>15}")
     return rows
 
 

@@ -1,13 +1,13 @@
 """How honest a latent posterior is: simulation-based calibration on the model's own
 generative process, and exact posteriors of its own decoder (grid, importance sampling)."""
 
-from .exact import (GRID_MAX_DIM, ExactPosterior, compare_to_exact, exact_posterior,
-                    lower_bound_eigenvalues)
-from .harness import DEFAULT_METHODS, NIFTY_METHODS, calibrate
-from .sbc import (LEVELS, gaussian_coverage, mahalanobis2, rank_histogram, sample_coverage,
-                  sbc_ranks, simulate)
+from .exact import (GRID_MAX_DIM, ExactPosterior, compare_to_exact, exact_mass_below,
+                    exact_posterior, lower_bound_eigenvalues)
+from .harness import DEFAULT_METHODS, HPD_SUFFIX, NIFTY_METHODS, calibrate
+from .sbc import (LEVELS, gaussian_coverage, hpd_ranks, mahalanobis2, rank_histogram,
+                  sample_coverage, sbc_ranks, simulate)
 
 __all__ = ["LEVELS", "simulate", "gaussian_coverage", "sample_coverage", "sbc_ranks",
-           "rank_histogram", "mahalanobis2", "ExactPosterior", "exact_posterior",
-           "compare_to_exact", "lower_bound_eigenvalues", "GRID_MAX_DIM", "calibrate",
-           "DEFAULT_METHODS", "NIFTY_METHODS"]
+           "hpd_ranks", "rank_histogram", "mahalanobis2", "ExactPosterior", "exact_posterior",
+           "compare_to_exact", "exact_mass_below", "lower_bound_eigenvalues", "GRID_MAX_DIM",
+           "calibrate", "DEFAULT_METHODS", "NIFTY_METHODS", "HPD_SUFFIX"]

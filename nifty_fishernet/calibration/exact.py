@@ -36,8 +36,8 @@ from ..models.refine import (energy_at, importance_sample, refine_posterior, sea
                              weighted_moments, whiten)
 from .sbc import LEVELS, mahalanobis2
 
-__all__ = ["ExactPosterior", "exact_posterior", "compare_to_exact", "lower_bound_eigenvalues",
-           "GRID_MAX_DIM"]
+__all__ = ["ExactPosterior", "exact_posterior", "compare_to_exact", "exact_mass_below",
+           "lower_bound_eigenvalues", "GRID_MAX_DIM"]
 
 #: Above this latent dimension the exact posterior is importance-sampled.
 GRID_MAX_DIM = 3
@@ -303,6 +303,19 @@ def compare_to_exact(model, x, exact, mean, covariance, levels=LEVELS, n_draws=5
     out["mean_error_sigma"] = mahalanobis2(mean[None], exact.mean,
                                            exact.covariance)[0].sqrt().numpy()
     return out
+
+
+def exact_mass_below(exact, thresholds):
+    """The exact posterior's mass in ``{z : E(z) <= t}`` per datum, ``(B,)`` numpy, for
+    energy thresholds ``t`` ``(B,)`` (e.g. an approximation's highest-density region of
+    some nominal mass, :meth:`~nifty_fishernet.models.refine.RefinedPosterior.energy_threshold`;
+    ideal: that mass)."""
+    thresholds = torch.as_tensor(thresholds).detach().double().cpu()
+    if thresholds.shape != exact.energy.shape[1:]:
+        raise ValueError(f"thresholds must have shape {tuple(exact.energy.shape[1:])}, got "
+                         f"{tuple(thresholds.shape)}")
+    inside = exact.energy <= thresholds
+    return (exact.log_weights.exp() * inside).sum(0).numpy()
 
 
 def lower_bound_eigenvalues(exact_covariance, laplace_covariance):

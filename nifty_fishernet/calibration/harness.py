@@ -7,6 +7,10 @@
 - against the exact posterior of the model's own decoder on real images (the exact mass
   inside the approximation's regions, KL both ways, the mean's error in posterior sigma),
 
+and, for importance-sampled refinements, the same on the posterior's own highest-density
+regions (level sets of the model's energy, thresholds from the weighted draws), which follow
+a non-Gaussian posterior's shape where the Gaussian of its moments cannot,
+
 and tests the paper's lower-bound claim (generalised eigenvalues of the exact covariance
 against ``M(MAP)^{-1}``). NIFTy's MGVI and geoVI (sampled posteriors) take part through
 :func:`nifty_fishernet.latent_posterior`.
@@ -20,10 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .exact import compare_to_exact, exact_posterior, lower_bound_eigenvalues
-from .sbc import LEVELS, gaussian_coverage, rank_histogram, sample_coverage, sbc_ranks, simulate
+from .exact import compare_to_exact, exact_mass_below, exact_posterior, lower_bound_eigenvalues
+from .sbc import (LEVELS, gaussian_coverage, hpd_ranks, rank_histogram, sample_coverage,
+                  sbc_ranks, simulate)
 
-__all__ = ["calibrate", "DEFAULT_METHODS", "NIFTY_METHODS"]
+__all__ = ["calibrate", "DEFAULT_METHODS", "NIFTY_METHODS", "HPD_SUFFIX"]
 
 #: Gaussian posteriors measured by default: name -> keyword arguments of ``model.posterior``.
 DEFAULT_METHODS = {
@@ -33,6 +38,10 @@ DEFAULT_METHODS = {
 }
 #: Sampled posteriors through NIFTy.
 NIFTY_METHODS = ("mgvi", "geovi")
+#: Appended to an importance-sampled refinement's name for the row that judges its
+#: highest-density regions (its weighted draws ranked by the model's energy) instead of the
+#: Gaussian of its moments.
+HPD_SUFFIX = ", HPD regions"
 
 
 def _quantiles(values):
@@ -52,11 +61,13 @@ def _gaussian_draws(mean, covariance, n, generator):
     return mean.double() + torch.einsum("bij,sbj->sbi", chol, eps)
 
 
-def _batched(x, batch_size, function, desc=None, progress=False):
-    starts = range(0, x.shape[0], batch_size)
+def _batched(tensors, batch_size, function, desc=None, progress=False):
+    """``function`` on batches of the same rows of every tensor in ``tensors``; its outputs
+    concatenated."""
+    starts = range(0, tensors[0].shape[0], batch_size)
     # a nested bar: one method on 1,000 simulations can take half an hour (a ConvVAE's
     # importance-sampled refinement)
-    parts = [function(x[start:start + batch_size])
+    parts = [function(*(t[start:start + batch_size] for t in tensors))
              for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2,
                                leave=False)]
     return [torch.cat(values) for values in zip(*parts)]
@@ -73,26 +84,39 @@ def _posterior_of(model, method):
     return lambda part: model.posterior(part, **method)
 
 
-def _with_ess(model, method):
-    """``x -> (mean, covariance, ess)``: ``ess`` the importance-sampled refinement's
-    effective sample size per datum (NaN for other methods), the warning sign of a posterior
-    too hard for its draws."""
-    options = dict(method) if isinstance(method, dict) else {}
-    refine = options.pop("refine", False)
-    if refine is False or callable(method):
+def _refined(model, method):
+    """``x -> RefinedPosterior`` for a method that refines (None for any other method)."""
+    if not isinstance(method, dict) or method.get("refine", False) is False:
+        return None
+    options = dict(method)
+    refine = options.pop("refine")
+    return lambda part: model.refined_posterior(part, refine, **options)
+
+
+def _summaries(model, method):
+    """``(x, truth_energy) -> (mean, covariance, ess, hpd_rank)``: ``ess`` the
+    importance-sampled refinement's effective sample size per datum, the warning sign of a
+    posterior too hard for its draws, and ``hpd_rank`` the truth's rank among its draws by
+    energy (:func:`~.sbc.hpd_ranks`); both NaN for other methods."""
+    refined = _refined(model, method)
+    if refined is None:
         posterior = _posterior_of(model, method)
 
-        def function(part):
+        def function(part, truth_energy):
             mean, cov = posterior(part)
-            return mean, cov, torch.full(mean.shape[:1], float("nan"), dtype=mean.dtype)
+            nan = torch.full(mean.shape[:1], float("nan"), dtype=torch.float64)
+            return mean, cov, nan, nan
         return function
 
-    def refined(part):
-        result = model.refined_posterior(part, refine, **options)
-        ess = (torch.full(result.mean.shape[:1], float("nan"), dtype=result.mean.dtype)
-               if result.ess is None else result.ess)
-        return result.mean, result.covariance, ess
-    return refined
+    def summary(part, truth_energy):
+        result = refined(part)
+        nan = torch.full(result.mean.shape[:1], float("nan"), dtype=torch.float64)
+        if result.ess is None:
+            return result.mean, result.covariance, nan, nan
+        rank = torch.from_numpy(hpd_ranks(result.draw_energy, truth_energy,
+                                          result.log_weights.exp()))
+        return result.mean, result.covariance, result.ess.double(), rank
+    return summary
 
 
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
@@ -138,10 +162,14 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     dict
         ``latent_dim``, ``noise_std``, ``simulated`` (per method: ``coverage`` at 68 / 95,
         ``rank_histogram`` ``(d, bins)``, ``seconds_per_datum``, and for importance-sampled
-        refinements the ``ess`` quantiles of their draws; plus ``exact reference``,
+        refinements the ``ess`` quantiles of their draws, and a further entry named
+        ``name + HPD_SUFFIX`` for the posterior's own highest-density regions given by the
+        same weighted draws (the truth's rank by energy, :func:`~.sbc.hpd_ranks`; its
+        ``rank_histogram`` has one row); plus ``exact reference``,
         the SBC of the exact posterior itself for ``d > 3`` where it is importance-sampled),
         ``real`` (per method: ``mass_68``, ``mass_95``, ``kl_pq``, ``kl_qp``,
-        ``mean_error_sigma`` as mean / median / 10 % / 90 % over images; plus the exact
+        ``mean_error_sigma`` as mean / median / 10 % / 90 % over images; the HPD entries
+        only ``mass_68``, ``mass_95``, the exact mass inside those regions; plus the exact
         posterior's ``method``, ``edge_mass`` or ``ess``, how many images have a lower mode
         than the encoder's or other modes, and for the grid the mass of modes outside it)
         and ``lower_bound`` (quantiles of
@@ -161,11 +189,14 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     bar = tqdm(total=len(jobs) + int(with_reference),
                desc=f"calibration {type(model).__name__} d={model.latent_dim}",
                disable=not progress, leave=False)
+    with torch.no_grad():
+        truth_energy = _batched((x, truth), batch_size,
+                                lambda part, z: (model.energy(part, z),))[0]
     for name, options in methods.items():
         began = time.perf_counter()
         with torch.no_grad():
-            mean, cov, ess = _batched(x, batch_size, _with_ess(model, options), name,
-                                      progress)
+            mean, cov, ess, hpd = _batched((x, truth_energy), batch_size,
+                                           _summaries(model, options), name, progress)
         seconds = (time.perf_counter() - began) / x.shape[0]
         draws = _gaussian_draws(mean, cov, rank_draws, generator)
         out["simulated"][name] = {
@@ -174,6 +205,13 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
             "seconds_per_datum": seconds}
         if torch.isfinite(ess).all():
             out["simulated"][name]["ess"] = _quantiles(ess.cpu().numpy())
+        if torch.isfinite(hpd).all():
+            # the same draws, judged by the posterior's own highest-density regions
+            ranks = hpd.numpy()[:, None]
+            out["simulated"][name + HPD_SUFFIX] = {
+                "coverage": _coverage(ranks < np.asarray(LEVELS)),
+                "rank_histogram": rank_histogram(ranks, bins).tolist(),
+                "seconds_per_datum": seconds}
         bar.update()
     # mirrored samples span n_samples directions: the real-image comparison needs a
     # covariance of full rank
@@ -240,10 +278,17 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         if exact.ess is not None:
             out["real"]["exact"]["ess"] = _quantiles(exact.ess.numpy())
         for name, method_options in methods.items():
+            refined = _refined(model, method_options)
             with torch.no_grad():
-                mean, cov = _posterior_of(model, method_options)(real)
+                result = None if refined is None else refined(real)
+                mean, cov = ((result.mean, result.covariance) if result is not None else
+                             _posterior_of(model, method_options)(real))
             metrics = compare_to_exact(model, real, exact, mean, cov, seed=seed)
             out["real"][name] = {key: _quantiles(value) for key, value in metrics.items()}
+            if result is not None and result.draw_energy is not None:
+                out["real"][name + HPD_SUFFIX] = {
+                    f"mass_{round(100 * level)}": _quantiles(exact_mass_below(
+                        exact, result.energy_threshold(level))) for level in LEVELS}
         for method in nifty:
             # a sampled posterior, judged here by the Gaussian of its samples' moments
             result = run_nifty(method, real)

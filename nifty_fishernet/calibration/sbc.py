@@ -21,7 +21,7 @@ from scipy.stats import chi2
 from ..models.refine import weighted_moments
 
 __all__ = ["LEVELS", "simulate", "gaussian_coverage", "sample_coverage", "sbc_ranks",
-           "rank_histogram", "mahalanobis2"]
+           "hpd_ranks", "rank_histogram", "mahalanobis2"]
 
 #: Nominal masses of the credible regions every coverage is measured for.
 LEVELS = (0.68, 0.95)
@@ -121,6 +121,34 @@ def sample_coverage(draws, truth, levels=LEVELS, weights=None):
     rank = _truth_rank(mahalanobis2(draws, mean, cov), mahalanobis2(truth[None], mean,
                                                                     cov)[0], w)
     return (rank[:, None] < torch.tensor(levels, dtype=torch.float64)).numpy()
+
+
+def hpd_ranks(draw_energy, truth_energy, weights=None):
+    """The truth's mid-rank ``(B,)`` in (0, 1) among the draws by the posterior's own energy
+    ``E`` (the negative log density up to a constant): the estimated mass of the smallest
+    highest-density region that holds the truth. Uniform when calibrated, and the truth lies
+    in the region of mass ``a`` when its rank is below ``a``.
+
+    Unlike the Mahalanobis rank of :func:`sample_coverage` this needs ``E`` itself, so it
+    judges samplers of a posterior whose density is known up to its normaliser (here the
+    importance-sampled refinement), and its regions follow the posterior's shape.
+
+    Parameters
+    ----------
+    draw_energy : torch.Tensor
+        ``(S, B)`` ``E`` at the draws.
+    truth_energy : torch.Tensor
+        ``(B,)`` ``E`` at the truth.
+    weights : torch.Tensor, optional
+        ``(S, B)`` normalised importance weights of the draws.
+    """
+    values = torch.as_tensor(draw_energy).detach().double()
+    truth_value = torch.as_tensor(truth_energy).detach().double()
+    w = None if weights is None else torch.as_tensor(weights).detach().double()
+    if values.dim() != 2 or truth_value.shape != values.shape[1:]:
+        raise ValueError(f"draw_energy must be (S, B) and truth_energy (B,), got "
+                         f"{tuple(values.shape)} and {tuple(truth_value.shape)}")
+    return _truth_rank(values, truth_value, w).numpy()
 
 
 def sbc_ranks(draws, truth, weights=None):

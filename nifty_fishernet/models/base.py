@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..fisher import latent_energy
 from ..io.registry import MODEL_TYPES
 from ..validation import check_batch as check_data
 from .config import ModelConfig
@@ -96,6 +97,33 @@ class LatentModel(nn.Module):
     def decode(self, z):
         """Decoder mean ``f(z)`` of shape ``(B, k)`` for latents of shape ``(B, d)``."""
         raise NotImplementedError
+
+    def energy(self, x, z):
+        """The latent energy ``E(z) = 1/2 |z|^2 + 1/2 exp(-xi_N) |x - f(z)|^2`` of data ``x``
+        (the negative log posterior of the model's own decoder and noise, up to a constant).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Data ``(B, k)``.
+        z : torch.Tensor
+            Latents ``(B, d)`` or ``(S, B, d)`` (e.g. S points per datum).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` or ``(S, B)``, in the model's dtype; differentiable.
+        """
+        self._check_data(x)
+        z = torch.as_tensor(z)
+        if z.dim() not in (2, 3) or z.shape[-2:] != (x.shape[0], self.latent_dim):
+            raise ValueError(f"z must have shape (B, d) or (S, B, d) with B = {x.shape[0]} "
+                             f"data and d = {self.latent_dim}, got {tuple(z.shape)}")
+        if z.dtype != self.dtype:
+            raise TypeError(f"z must have the model's dtype {self.dtype}, got {z.dtype}")
+        flat = z.reshape(-1, self.latent_dim)
+        value = self.decoder(flat).reshape(*z.shape[:-1], -1)
+        return latent_energy(x, z, value, self.noise.precision.to(x.dtype))
 
     def loss(self, x, n_data=None, generator=None):
         """Training loss: mean over the batch of each datum's share of the objective."""
