@@ -7,6 +7,7 @@ import math
 import pytest
 
 import nifty_fishernet as nf
+from nifty_fishernet.calibration import HPD_SUFFIX
 from nifty_fishernet.experiments import fashion_mnist as fm
 from nifty_fishernet.experiments.fashion_mnist import run as fm_run
 
@@ -43,8 +44,11 @@ def test_main_job_smoke(tmp_path, monkeypatch):
     for name, entry in report["calibration"].items():
         methods = entry["2"]["simulated"]
         nifty = {"mgvi", "geovi"} if name == "FisherNet" else set()  # quick: FisherNet only
-        assert set(methods) == {"amortized", "refined (Laplace)", "refined (importance)"} | nifty
-        assert nifty <= set(entry["2"]["real"])
+        hpd = "refined (importance)" + HPD_SUFFIX
+        assert set(methods) == {"amortized", "refined (Laplace)", "refined (importance)",
+                                hpd} | nifty
+        assert nifty | {hpd} <= set(entry["2"]["real"])
+        assert f"| {name} | 2 | {hpd} |" in summary
         for method in methods.values():
             assert all(0 <= value <= 1 for value in method["coverage"].values())
         assert entry["2"]["real"]["exact"]["method"] == "grid"

@@ -9,7 +9,10 @@ Gaussian approximations are judged by their chi-square (highest-density) regions
 sampled ones, whose shape is unknown, by the rank of the truth's Mahalanobis distance (from
 the draws' mean, in the draws' covariance) among the draws' own distances: any function of
 ``(z, x)`` has a uniform rank under the exact posterior, so this is a proper SBC statistic
-and its rank below ``a`` defines a region of mass ``a``.
+and its rank below ``a`` defines a region of mass ``a``. Samplers of a posterior whose
+energy ``E`` (negative log density up to a constant) is known can also be judged by the
+truth's rank by ``E`` among the draws (:func:`hpd_ranks`): the highest-density regions,
+which follow the posterior's own shape.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ mean, reaches the MAP of ``E`` by Newton steps on the Fisher metric
 - ``correction="importance"``: the mean and covariance of ``p`` itself, estimated by
   self-normalised importance sampling with a Student-t proposal around the MAP scaled by
   ``M(MAP)^{-1}`` (heavier tails than ``p``, so the weights stay bounded), plus the weighted
-  draws and their effective sample size.
+  draws, their effective sample size and ``p``'s highest-density regions
+  ``{z : E(z) <= t}`` (:meth:`RefinedPosterior.energy_threshold`). Where ``p`` is not
+  Gaussian these, not the Gaussian of the moments, are the honest credible regions: their
+  thresholds are one-dimensional quantiles, right from few draws.
 
 Everything is batched over the data in torch, on the model's device and dtype.
 """
@@ -153,7 +156,10 @@ class RefineOptions:
         reaches 0.66 / 0.89 and 1,024 draws x 4 rounds 0.70 / 0.92. Check
         ``RefinedPosterior.ess`` (docs/RESULTS.md, "Calibration"); a mass-covering
         ``proposal`` (:func:`refine_posterior`) buys back most of the gap on simulated
-        data."""
+        data. The highest-density regions of the same draws
+        (:meth:`RefinedPosterior.energy_threshold`) are calibrated on both: 0.67 / 0.95
+        on the second model's simulations, exact mass 0.70 / 0.95 on its real test
+        images, at 1/170 of MGVI's time."""
         preset = dict(correction="importance", n_draws=64, adapt_rounds=3, starts=0,
                       quasi_random=True, sample_size_correction=True,
                       matmul_precision="medium")
