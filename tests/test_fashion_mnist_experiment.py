@@ -75,9 +75,13 @@ def test_main_job_smoke(tmp_path, monkeypatch):
     assert (out / "latent_density.png").stat().st_size > 500  # Fig. 9 from the stored density
     monkeypatch.undo()
 
-    # --force retrains (new checkpoint files) and recomputes
+    # --force retrains (new checkpoint files) and recomputes; a part without Table 1 has no
+    # latent densities and leaves Fig. 10 (N(0,1) against the densities) as it was
+    fig10 = (out / "fig10_fishernet_samples_d2.png").read_bytes()
     forced = fm.main(args[:8] + ["--models", "FisherNet", "--no-sample-quality",
                                  "--no-calibration", "--force"])
+    assert (out / "fig10_fishernet_samples_d2.png").read_bytes() == fig10
+    assert "fig10_fishernet_samples_d2.png" in forced["figures"]
     fisher = [p for p in mtimes if p.name.startswith("FisherNet")]
     assert all(p.stat().st_mtime_ns != mtimes[p] for p in fisher)
     assert forced["results"]["FisherNet"]["2"]["test_mse"] == fisher_mse  # same seed
