@@ -22,7 +22,7 @@ recipe (kept in the user cache)::
     python benchmarks/refined_posterior.py [--dim 5] [--batch 128] [--checkpoint PATH]
         [--draws 128 512] [--sims 1000] [--real 200] [--network]
 
-``--network`` adds ``RefineOptions.fast()`` with a posterior network
+``--fast-draws 16 32`` adds ``RefineOptions.fast(n_draws=N)`` rows. ``--network`` adds ``RefineOptions.fast()`` with a posterior network
 (``nf.fit_posterior_network``, fitted once to the model's own simulations; its CPU time is
 printed apart) as a further proposal component, at 64, 128 and 256 draws per round.
 """
@@ -50,6 +50,9 @@ def parse_args(argv=None):
                         help="simulated data for the coverage columns")
     parser.add_argument("--real", type=int, default=200,
                         help="test images for the exact-mass columns (0: none)")
+    parser.add_argument("--fast-draws", type=int, nargs="*", default=[],
+                        help="also RefineOptions.fast(n_draws=N) for each N (fewer draws "
+                             "than its 64, e.g. at d = 2)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     parser.add_argument("--network", action="store_true",
                         help="also fast() with a posterior network fitted to the model's "
@@ -127,6 +130,9 @@ def main(argv=None):
     methods["refined (importance, 64 x 4, quasi, sample-size corrected)"] = cheap
     methods["refined (RefineOptions.fast(): the above, bfloat16 products)"] = dict(
         refine=nf.RefineOptions.fast())
+    for draws in args.fast_draws:
+        methods[f"refined (RefineOptions.fast(n_draws={draws}))"] = dict(
+            refine=nf.RefineOptions.fast(n_draws=draws))
     if args.network:
         # fitted once per model (printed apart: amortized over all the images it serves)
         began = time.process_time()

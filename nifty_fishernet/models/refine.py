@@ -158,8 +158,8 @@ class RefineOptions:
         ``proposal`` (:func:`refine_posterior`) buys back most of the gap on simulated
         data. The highest-density regions of the same draws
         (:meth:`RefinedPosterior.energy_threshold`) are calibrated on both: 0.67 / 0.95
-        on the second model's simulations, exact mass 0.70 / 0.95 on its real test
-        images, at 1/170 of MGVI's time."""
+        on the second model's simulations, exact mass 0.71 / 0.96 on its real test
+        images, at 1/130 of MGVI's time."""
         preset = dict(correction="importance", n_draws=64, adapt_rounds=3, starts=0,
                       quasi_random=True, sample_size_correction=True,
                       matmul_precision="medium")
