@@ -22,7 +22,8 @@ recipe (kept in the user cache)::
     python benchmarks/refined_posterior.py [--dim 5] [--batch 128] [--checkpoint PATH]
         [--draws 128 512] [--sims 1000] [--real 200] [--network]
 
-``--fast-draws 16 32`` adds ``RefineOptions.fast(n_draws=N)`` rows. ``--network`` adds ``RefineOptions.fast()`` with a posterior network
+``--fast-draws 16 32`` adds ``RefineOptions.fast(n_draws=N)`` rows. ``--network`` adds
+``RefineOptions.fast()`` with a posterior network
 (``nf.fit_posterior_network``, fitted once to the model's own simulations; its CPU time is
 printed apart) as a further proposal component, at 64, 128 and 256 draws per round.
 """
@@ -110,7 +111,7 @@ def main(argv=None):
                                                  method="mgvi", n_samples=5,
                                                  total_iterations=3, dtype=torch.float32),
                      1) / args.batch
-    rows = {"MGVI (NIFTy, blockwise)": (mgvi, None, None)}
+    rows = {"MGVI (NIFTy, blockwise)": (mgvi, None, None, None, None)}
     methods = {"amortized": dict(refine=False),
                "refined (Laplace, <= 50 Newton steps)": dict(refine=True, max_steps=50),
                "refined (Laplace; default <= 10 steps)": dict(refine=True),
@@ -157,7 +158,7 @@ def main(argv=None):
     for name, (seconds, *measured) in rows.items():
         cover, mass, hpd_cover, hpd_mass = ("–" if value is None else
                                             f"{value[0]:.2f} / {value[1]:.2f}"
-                                            for value in (measured + [None, None])[:4])
+                                            for value in measured)
         print(f"{name:>68} {seconds:>11.2e} {mgvi / seconds:>14.1f} {cover:>17} {mass:>19} "
               f"{hpd_cover:>13} {hpd_mass:>15}")
     return rows
