@@ -24,7 +24,7 @@ from .metrics.fid import feature_statistics, fid
 from .io import jsonable
 from .validation import EVALUATION_BATCH
 
-__all__ = ["sample_quality", "encode_means", "decode_latents"]
+__all__ = ["sample_quality", "encode_means", "decode_latents", "active_units"]
 
 #: The latent density estimators of Table 1, by key.
 ESTIMATORS = {"mkde": MaternKDE, "gmm": GaussianMixtureDensity, "flow": FlowDensity}
@@ -55,6 +55,38 @@ def decode_latents(model, latents, batch_size=EVALUATION_BATCH):
                                 device=model.device)
             out.append(model.decode(z).float().clamp(0, 1).cpu().numpy())
     return np.concatenate(out)
+
+
+def active_units(model, images, threshold=0.01, batch_size=EVALUATION_BATCH):
+    """How many latent dimensions the encoder uses (Burda et al. 2016, "active units").
+
+    A dimension is active when its encoder mean varies over the images: Var_x E[z_i | x] above
+    ``threshold`` (a hundredth of the N(0, 1) prior's variance). A VAE whose KL term outweighs
+    the data term leaves dimensions at the prior (posterior collapse); they add parameters but
+    no reconstruction detail.
+
+    Parameters
+    ----------
+    model : LatentModel
+    images : array-like, shape (n, k)
+        At least two images.
+    threshold : float
+        Variance above which a dimension counts as active.
+
+    Returns
+    -------
+    dict
+        ``active`` (int), ``variance`` (list of d floats: Var_x of each encoder mean) and
+        ``threshold``.
+    """
+    if len(images) < 2:
+        raise ValueError(f"active_units needs at least two images to measure a variance, got "
+                         f"{len(images)}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold!r}")
+    variance = encode_means(model, images, batch_size).var(axis=0, ddof=1)
+    return dict(active=int(np.sum(variance > threshold)), variance=variance.tolist(),
+                threshold=float(threshold))
 
 
 def sample_quality(models, train_images, test_images, n_images=10_000, features="fmnist",

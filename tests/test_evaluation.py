@@ -168,3 +168,24 @@ def test_the_flow_joins_table1_with_its_heldout_likelihood(fmnist_small, tmp_pat
     assert "flow" not in without["results"]["FisherNet"][3]
     with pytest.raises(ValueError, match="unknown estimators"):
         sample_quality({"FisherNet": {3: model}}, train_x[:600], test_x, estimators=("kde",))
+
+
+def test_active_units_count_the_dimensions_the_encoder_uses(fmnist_small):
+    _, test_x, _ = fmnist_small
+    torch.manual_seed(0)
+    model = nf.VAE(4)
+    with torch.no_grad():  # mean outputs 1 and 3 (rows 1, 3 of the mean half) made constant
+        last = model.encoder.linears[-1]
+        last.weight[[1, 3]] = 0.0
+        last.bias[[1, 3]] = 0.7
+    usage = nf.evaluation.active_units(model, test_x[:500])
+    means = nf.evaluation.encode_means(model, test_x[:500])
+    np.testing.assert_allclose(usage["variance"], means.var(axis=0, ddof=1), rtol=1e-12)
+    assert usage["variance"][1] == 0 and usage["variance"][3] == 0
+    # an untrained encoder's other means vary a little; the threshold decides
+    assert usage["active"] == sum(v > 0.01 for v in usage["variance"])
+    assert nf.evaluation.active_units(model, test_x[:500], threshold=1e-12)["active"] == 2
+    with pytest.raises(ValueError, match="at least two images"):
+        nf.evaluation.active_units(model, test_x[:1])
+    with pytest.raises(ValueError, match="threshold must be positive"):
+        nf.evaluation.active_units(model, test_x[:10], threshold=0)

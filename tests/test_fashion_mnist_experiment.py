@@ -33,6 +33,9 @@ def test_main_job_smoke(tmp_path, monkeypatch):
     for runs in report["results"].values():
         assert math.isfinite(runs["2"]["test_mse"]) and 0 < runs["2"]["test_mse"] < 0.3
         assert runs["2"]["seconds_per_epoch"] > 0
+        usage = runs["2"]["active_units"]
+        assert len(usage["variance"]) == 2 and usage["active"] == sum(
+            v > usage["threshold"] for v in usage["variance"])
     for entry in report["table1"]["results"].values():
         assert all(math.isfinite(entry["2"][key]) for key in ("rec", "sample", "mkde", "gmm"))
     summary = (out / "summary.md").read_text()
@@ -57,6 +60,9 @@ def test_main_job_smoke(tmp_path, monkeypatch):
                 and f"| {ess['median']:.0f} ({ess['q10']:.0f}) |" in summary)
     fisher_mse = report["results"]["FisherNet"]["2"]["test_mse"]
     assert f"| FisherNet | {fisher_mse:.5f} |" in summary
+    assert "## Active latent dimensions" in summary and (
+        f"| FisherNet | {report['results']['FisherNet']['2']['active_units']['active']} of 2 |"
+        in summary)
     assert "(+2.0e-04)" in summary and "## Table 1: FIDs" in summary
     assert "![fig6_shoe_ellipses.png](fig6_shoe_ellipses.png)" in summary
 

@@ -34,9 +34,9 @@ def summary_markdown(report):
         The run's record: ``mode``, ``command``, ``setting`` (``dims``, ``epochs``,
         ``n_train``, ``lr``, ``noise_lr``, ``batch_size``), ``seed``, ``device``, ``torch``,
         ``threads``, ``machine``, ``wall_seconds``, ``results`` (``{model: {str(d):
-        {"test_mse", "seconds_per_epoch", "noise_std"}}}``) and optionally ``table1`` (from
-        :func:`~nifty_fishernet.evaluation.sample_quality`), ``calibration``, ``figures``
-        (file names) and ``parts`` (one record per separately run part: ``command``,
+        {"test_mse", "seconds_per_epoch", "noise_std", "active_units"}}}``) and optionally
+        ``table1`` (from :func:`~nifty_fishernet.evaluation.sample_quality`),
+        ``calibration``, ``figures`` (file names) and ``parts`` (one record per separately run part: ``command``,
         ``cells``, ``device``, ``threads``, ``wall_seconds``).
     """
     setting, results = report["setting"], report["results"]
@@ -88,6 +88,10 @@ def summary_markdown(report):
     lines += _table(per_model("seconds_per_epoch"), dims, "model", lambda v: f"{v:.1f}")
     lines += ["", "## Learned noise level sigma_N after training", ""]
     lines += _table(per_model("noise_std"), dims, "model", lambda v: f"{v:.4f}")
+    usage = per_model("active_units")
+    if any(v is not None for by_dim in usage.values() for v in by_dim.values()):
+        lines += ["", "## Active latent dimensions (Var_x E[z|x] > 0.01 on the test images)", ""]
+        lines += _table(usage, dims, "model", lambda v: f"{v['active']} of {len(v['variance'])}")
     if report.get("table1"):
         quality = report["table1"]
         lines += ["", "## Table 1: FIDs", "", table1_markdown(quality).rstrip()]

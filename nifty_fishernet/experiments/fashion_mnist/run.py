@@ -81,7 +81,7 @@ from ...io import write_text
 from ...calibration import calibrate
 from ...data import load_fashion_mnist
 from ...distributed import distributed_session
-from ...evaluation import encode_means, sample_quality
+from ...evaluation import active_units, encode_means, sample_quality
 from ...io import jsonable
 from ...plotting import plot_calibration, plot_latent_density
 from ...training import resolve_device, train
@@ -224,7 +224,8 @@ def train_models(args, setting, cells, device, context, stored, train_x, test_x)
         results.setdefault(name, {})[str(d)] = dict(
             test_mse=history["test_mse"][-1], test_loss=history["test_loss"][-1],
             noise_std=history["noise_std"][-1],
-            seconds_per_epoch=float(np.mean(history["seconds"])), history=history)
+            seconds_per_epoch=float(np.mean(history["seconds"])),
+            active_units=active_units(model, test_x), history=history)
         if context.is_main:
             print(f"{name:>14} d={d:<2} test MSE {history['test_mse'][-1]:.5f}")
     return results, trained
