@@ -36,8 +36,8 @@ def summary_markdown(report):
         ``threads``, ``machine``, ``wall_seconds``, ``results`` (``{model: {str(d):
         {"test_mse", "seconds_per_epoch", "noise_std", "active_units"}}}``) and optionally
         ``table1`` (from :func:`~nifty_fishernet.evaluation.sample_quality`),
-        ``calibration``, ``figures`` (file names) and ``parts`` (one record per separately run part: ``command``,
-        ``cells``, ``device``, ``threads``, ``wall_seconds``).
+        ``calibration``, ``figures`` (file names) and ``parts`` (one record per separately
+        run part: ``command``, ``cells``, ``device``, ``threads``, ``wall_seconds``).
     """
     setting, results = report["setting"], report["results"]
     dims = list(setting["dims"])
