@@ -89,8 +89,11 @@ def summary_markdown(report):
     lines += ["", "## Learned noise level sigma_N after training", ""]
     lines += _table(per_model("noise_std"), dims, "model", lambda v: f"{v:.4f}")
     usage = per_model("active_units")
-    if any(v is not None for by_dim in usage.values() for v in by_dim.values()):
-        lines += ["", "## Active latent dimensions (Var_x E[z|x] > 0.01 on the test images)", ""]
+    thresholds = {v["threshold"] for by_dim in usage.values() for v in by_dim.values() if v}
+    if thresholds:
+        lines += ["", f"## Active latent dimensions (Var_x E[z|x] > "
+                      f"{' or '.join(f'{t:g}' for t in sorted(thresholds))} on the test images)",
+                  ""]
         lines += _table(usage, dims, "model", lambda v: f"{v['active']} of {len(v['variance'])}")
     if report.get("table1"):
         quality = report["table1"]
