@@ -18,10 +18,15 @@ the cost? This script answers with the model's own simulations (seed 0):
    of ``nf.fit_posterior_network(model)`` (fitted once to the model's own simulations, 4,000
    steps; its CPU time printed) as a further component (``proposal=network.posterior``).
 
+``--preset default`` sweeps ``RefineOptions(correction="importance", n_draws=n)`` instead
+(the calibration harness's "refined (importance)": pseudo-random draws, four further
+starts, no sample-size correction); ``--sample-size-correction on|off`` overrides either.
+
 Run (one thread; CPU seconds by ``time.process_time``)::
 
     OMP_NUM_THREADS=1 python benchmarks/importance_budget.py [--dim 5] [--checkpoint PATH]
-        [--sims 1000] [--draws 32 64 128 256 1024] [--network]
+        [--sims 1000] [--draws 32 64 128 256 1024] [--network] [--preset fast|default]
+        [--sample-size-correction on|off]
 """
 
 from __future__ import annotations
@@ -46,7 +51,22 @@ def parse_args(argv=None):
                         help="importance draws per round (4 rounds each)")
     parser.add_argument("--network", action="store_true",
                         help="also sweep with a fitted posterior network as a proposal")
+    parser.add_argument("--preset", choices=("fast", "default"), default="fast",
+                        help="RefineOptions.fast(n_draws=n) or the default options with "
+                             "importance sampling and n draws")
+    parser.add_argument("--sample-size-correction", choices=("on", "off"), default=None,
+                        help="override the preset's sample-size correction")
     return parser.parse_args(argv)
+
+
+def refine_options(args, n_draws):
+    """The options of one setting of the sweep: the preset with ``n_draws`` per round."""
+    overrides = dict(n_draws=n_draws)
+    if args.sample_size_correction is not None:
+        overrides["sample_size_correction"] = args.sample_size_correction == "on"
+    if args.preset == "fast":
+        return nf.RefineOptions.fast(**overrides)
+    return nf.RefineOptions(correction="importance", **overrides)
 
 
 def refine_all(model, x, truth, options, batch, proposal=None):
@@ -76,8 +96,7 @@ def sweep(model, x, truth, args, proposal=None):
           f"{'ESS median (10 %)':>18} {'CPU ms / datum':>15}")
     with torch.no_grad():
         for n in args.draws:
-            run = refine_all(model, x, truth, nf.RefineOptions.fast(n_draws=n), args.batch,
-                             proposal)
+            run = refine_all(model, x, truth, refine_options(args, n), args.batch, proposal)
             runs[n] = run
             print(f"{n:>17} {pair(run['gaussian'].mean(0)):>15} {pair(run['draws'].mean(0)):>12} "
                   f"{np.median(run['ess']):>8.0f} ({np.quantile(run['ess'], 0.1):>5.0f}) "
@@ -95,7 +114,8 @@ def main(argv=None):
     model, source = nf.quick_fishernet(args.dim, args.checkpoint)
     model.eval()
     print(f"# model: {source}; d = {model.latent_dim}, {args.sims} simulated data (seed 0), "
-          f"B = {args.batch}, torch {torch.__version__}, 1 thread")
+          f"B = {args.batch}, torch {torch.__version__}, 1 thread; options: "
+          f"{refine_options(args, args.draws[0])}")
     truth, x = cal.simulate(model, args.sims, seed=0)
     runs = sweep(model, x, truth, args)
     cheap, large = runs[min(runs)], runs[max(runs)]

@@ -109,11 +109,12 @@ def _without_timings(value):
     return value
 
 
-def test_parts_merge_into_the_record_of_one_run(tmp_path):
+def test_parts_merge_into_the_record_of_one_run(tmp_path, monkeypatch):
     """FisherNet and VAE run as two parts, the first part's weights and cache deleted before
     the second (a fresh machine with the committed results): results.json, table1.json and
     calibration.json equal those of one run of both. A third run of both finds both complete
-    in the record and trains nothing."""
+    in the record and trains nothing. After a harness change of the Gaussian rows alone, a
+    part brings the stored calibration entries up to date from the cache."""
     common = TINY + ["--fid-images", "100", "--calibration-sims", "10",
                      "--calibration-images", "2", "--no-calibration-nifty"]
     one = fm.main(["--out", str(tmp_path / "one"), "--models", "FisherNet", "VAE"] + common)
@@ -168,6 +169,25 @@ def test_parts_merge_into_the_record_of_one_run(tmp_path):
     (parts / "results.json").write_text(json.dumps(record))
     status = fm.main(["--out", str(parts), "--models", "FisherNet", "VAE", "--status"] + common)
     assert [row["gaps"] for row in status] == [[], ["calibration (outdated)"]]
+
+    # a harness version that changed only the Gaussian rows: the single run's folder (its
+    # weights and cache kept) is brought up to date by recalibrating those rows from the
+    # cached entries; nothing changed here, so every row equals the stored one
+    version = fm.CALIBRATION_VERSION
+    monkeypatch.setattr(fm_run, "CALIBRATION_VERSION", version + 1)
+    monkeypatch.setattr(fm_run, "GAUSSIAN_ROWS_ONLY", (version + 1,))
+    monkeypatch.setattr(fm.merge, "CALIBRATION_VERSION", version + 1)
+    before = json.loads((tmp_path / "one" / "results.json").read_text())
+    upgraded = fm.main(["--out", str(tmp_path / "one"), "--models", "FisherNet", "VAE"]
+                       + common)
+    for name in ("FisherNet", "VAE"):
+        entry = dict(upgraded["calibration"][name]["2"])
+        assert entry.pop("recalibrated")["from_version"] == version
+        assert entry.pop("version") == version + 1
+        old_entry = dict(before["calibration"][name]["2"])
+        assert old_entry.pop("version") == version
+        assert _without_timings(entry) == _without_timings(old_entry)
+    assert upgraded["results"] == before["results"]  # nothing trained
 
 
 def test_merge_records_unions_dims_and_keeps_entries_measured_with_other_settings():
