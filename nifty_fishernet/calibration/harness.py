@@ -39,8 +39,6 @@ DEFAULT_METHODS = {
 }
 #: Sampled posteriors through NIFTy.
 NIFTY_METHODS = ("mgvi", "geovi")
-#: The simulated row of the exact reference's own SBC.
-REFERENCE = "exact reference"
 #: Appended to an importance-sampled refinement's name for the row that judges its
 #: highest-density regions (its weighted draws ranked by the model's energy) instead of the
 #: Gaussian of its moments.
@@ -250,7 +248,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         subset = slice(0, min(int(n_reference), x.shape[0]))
         reference = exact_posterior(model, x[subset], **options)
         weights = reference.log_weights.exp()
-        out["simulated"][REFERENCE] = {
+        out["simulated"]["exact reference"] = {
             "coverage": _coverage(sample_coverage(reference.points, truth[subset],
                                                   weights=weights)),
             "rank_histogram": rank_histogram(sbc_ranks(reference.points, truth[subset],
@@ -319,8 +317,11 @@ def recalibrate(model, real_images, entry, methods=None, seed=0, **options):
 
     Parameters
     ----------
-    model, real_images, methods, seed
+    model, real_images, seed
         As in :func:`calibrate`.
+    methods : dict, optional
+        The Gaussian methods ``entry`` was measured with (default :data:`DEFAULT_METHODS`):
+        all of them, in their order, or their random numbers differ from a full run's.
     entry : dict
         The stored result; not modified.
     **options
