@@ -300,6 +300,43 @@ def test_quasi_random_normals_are_normal_and_have_a_smaller_error():
     assert rms_quasi < rms_plain / 4
 
 
+def test_importance_sampling_adapts_on_until_the_median_ess_is_reached():
+    """A standard Gaussian target in d = 12 from a first proposal 3x too wide: two rounds
+    leave the median ESS below 300, and min_ess=300 adds rounds until it is reached (each of
+    n_draws draws); where the two rounds already reach the target (min_ess=2) the result is
+    theirs exactly; max_rounds caps the rounds; the moments stay those of N(0, 1)."""
+    from nifty_fishernet.models.refine import importance_sample, weighted_moments
+
+    d, batch, n = 12, 16, 512
+    centre = torch.zeros(batch, d, dtype=torch.float64)
+    chol = 3 * torch.eye(d, dtype=torch.float64).expand(batch, d, d)
+
+    def energy(points):
+        return 0.5 * points.pow(2).sum(-1)
+
+    def run(**kwargs):
+        return importance_sample(energy, [(centre, chol)], n, 3, torch.Generator().manual_seed(4),
+                                 adapt_rounds=2, **kwargs)
+
+    plain = run()
+    assert float(plain.ess.median()) < 300
+    adapted = run(min_ess=300)
+    rounds = adapted.draws.shape[0] // n
+    assert 3 < rounds <= 9 and adapted.draws.shape[0] == rounds * n
+    assert float(adapted.ess.median()) >= 300
+    mean, cov = weighted_moments(adapted.draws, adapted.log_weights)
+    # ~300 effective draws: the mean's error ~1/sqrt(300) = 0.06 per coordinate
+    assert float(mean.abs().max()) < 0.35
+    assert float((torch.diagonal(cov, dim1=-2, dim2=-1) - 1).abs().median()) < 0.2
+    same = run(min_ess=2)
+    torch.testing.assert_close(same.draws, plain.draws, rtol=0, atol=0)
+    torch.testing.assert_close(same.log_weights, plain.log_weights, rtol=0, atol=0)
+    capped = run(min_ess=1e9, max_rounds=4)
+    assert capped.draws.shape[0] == 5 * n
+    with pytest.raises(ValueError, match="min_ess must be a positive number"):
+        run(min_ess=0)
+
+
 def test_quasi_random_student_t_draws_have_the_student_t_distribution():
     """The squared Mahalanobis distance / d of a d-dimensional Student-t is F(d, dof)
     distributed: Kolmogorov-Smirnov on 4,096 quasi-random draws of one datum."""

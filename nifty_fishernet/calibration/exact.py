@@ -113,7 +113,7 @@ def _energy(model, x, points, chunk):
 def exact_posterior(model, x, method="auto", grid_points=None, min_extent=6.0, max_extent=12.0,
                     n_draws=2048, dof=3, scale=1.5, adapt_rounds=2, seed=0, chunk=None,
                     refined=None, starts=8, codebook=4096, max_steps=50, margin=20.0,
-                    separation=3.0):
+                    separation=3.0, min_ess=300.0, max_rounds=8):
     """The exact posterior of each datum ``x`` under ``model``'s decoder and noise level.
 
     Parameters
@@ -133,6 +133,12 @@ def exact_posterior(model, x, method="auto", grid_points=None, min_extent=6.0, m
         Importance sampling: draws per datum (per round), the first Student-t proposal's
         degrees of freedom and scale (in Laplace standard deviations), the adaptation rounds
         (:func:`~nifty_fishernet.models.refine.importance_sample`), and the seed.
+    min_ess, max_rounds : optional
+        Importance sampling: further adaptation rounds, up to ``max_rounds`` in all, while
+        the median effective sample size of the B data is below ``min_ess`` (None: exactly
+        ``adapt_rounds``). Up to d = 15 on Fashion-MNIST two rounds reach medians of
+        400-3,000 and none is added; at d = 20 they reach 67, and the reference's own SBC
+        reads 0.80 / 0.99 instead of 0.68 / 0.95 (six rounds: 680, 0.66 / 0.95).
     chunk : int, optional
         Points per datum evaluated per decoder call.
     refined : RefinedPosterior, optional
@@ -153,7 +159,7 @@ def exact_posterior(model, x, method="auto", grid_points=None, min_extent=6.0, m
     with torch.no_grad():
         return _exact_posterior(model, x, method, grid_points, min_extent, max_extent, n_draws,
                                 dof, scale, adapt_rounds, seed, chunk, refined, starts,
-                                codebook, max_steps, margin, separation)
+                                codebook, max_steps, margin, separation, min_ess, max_rounds)
 
 
 def _modes(model, x, refined, starts, codebook, max_steps, margin, separation, generator,
@@ -195,7 +201,7 @@ def _modes(model, x, refined, starts, codebook, max_steps, margin, separation, g
 
 def _exact_posterior(model, x, method, grid_points, min_extent, max_extent, n_draws, dof, scale,
                      adapt_rounds, seed, chunk, refined, starts, codebook, max_steps, margin,
-                     separation):
+                     separation, min_ess, max_rounds):
     d = model.latent_dim
     if method == "auto":
         method = "grid" if d <= GRID_MAX_DIM else "importance"
@@ -247,7 +253,8 @@ def _exact_posterior(model, x, method, grid_points, min_extent, max_extent, n_dr
         for z, mode_chol, _, keep in others if bool(keep.any())]
     generator = torch.Generator().manual_seed(int(seed))  # the draws live on the CPU
     sample = importance_sample(lambda points: _energy(model, xd, points, chunk or 256),
-                               components, int(n_draws), int(dof), generator, adapt_rounds)
+                               components, int(n_draws), int(dof), generator, adapt_rounds,
+                               min_ess=min_ess, max_rounds=max_rounds)
     mean, cov = weighted_moments(sample.draws, sample.log_weights)
     return ExactPosterior(sample.draws, sample.log_weights, sample.energy, sample.log_evidence,
                           mean, cov, "importance", None, None, sample.ess, centre, laplace,

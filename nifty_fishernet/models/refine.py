@@ -372,7 +372,7 @@ def weighted_moments(draws, log_weights):
 
 
 def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=1,
-                      quasi=False):
+                      quasi=False, min_ess=None, max_rounds=8):
     """Self-normalised adaptive multiple importance sampling of ``p(z) ∝ exp(-energy(z))``.
 
     Round 0 draws ``n_draws`` split evenly among Student-t ``components`` (e.g. one at each
@@ -397,12 +397,23 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
         Rounds after the first (0: plain importance sampling with the first proposals).
     quasi : bool
         Randomised quasi-Monte Carlo draws (:func:`quasi_normals`) instead of pseudo-random.
+    min_ess : float, optional
+        After ``adapt_rounds``, go on adapting while the median effective sample size of
+        the B data is below ``min_ess`` (all data draw alike, so one datum's draws depend
+        on the others' ESS), up to ``max_rounds`` rounds after the first. Where the median
+        already reaches it the result is that of ``adapt_rounds`` alone. In high dimensions
+        the first rounds' proposals are far from the posterior (d = 20: median ESS 67 of
+        6,144 draws after 2 rounds, 680 of 14,336 after 6).
+    max_rounds : int
+        The most rounds after the first that ``min_ess`` may ask for.
 
     Returns
     -------
     ImportanceSample
-        With about ``(adapt_rounds + 1) * n_draws`` draws.
+        With about ``(rounds + 1) * n_draws`` draws.
     """
+    if min_ess is not None and not (math.isfinite(min_ess) and min_ess > 0):
+        raise ValueError(f"min_ess must be a positive number or None, got {min_ess!r}")
     components = list(components)
     center, chol = components[0]
     eye = torch.eye(center.shape[-1], dtype=center.dtype, device=center.device)
@@ -411,15 +422,19 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
     counts = [share] * len(components)
     draws = [student_t_draws(c, l, share, dof, generator, quasi) for c, l in components]
     energies = [energy(new) for new in draws]
-    for round_ in range(int(adapt_rounds) + 1):
+    round_ = 0
+    while True:
         points, e = torch.cat(draws), torch.cat(energies)
         log_mix = torch.log(torch.tensor(counts, dtype=points.dtype, device=points.device)
                             / sum(counts))
         log_q = torch.logsumexp(torch.stack([w + student_t_log_density(points, c, l, dof)
                                              for w, (c, l) in zip(log_mix, components)]), 0)
         log_ratio = -e - log_q
-        if round_ == int(adapt_rounds):
+        if round_ >= int(adapt_rounds) and (
+                min_ess is None or round_ >= max(int(max_rounds), int(adapt_rounds))
+                or float(_ess(log_ratio).median()) >= min_ess):
             break
+        round_ += 1
         mean, cov = weighted_moments(points, torch.log_softmax(log_ratio, 0))
         cov = cov + 0.05 * base_cov + 1e-12 * eye
         components.append((mean, 1.2 * torch.linalg.cholesky(cov)))
@@ -428,8 +443,12 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
         energies.append(energy(draws[-1]))
     log_weights = torch.log_softmax(log_ratio, 0)
     log_evidence = torch.logsumexp(log_ratio, 0) - math.log(points.shape[0])
-    ess = 1.0 / log_weights.mul(2).exp().sum(0)
-    return ImportanceSample(points, log_weights, log_evidence, ess, e)
+    return ImportanceSample(points, log_weights, log_evidence, _ess(log_ratio), e)
+
+
+def _ess(log_ratio):
+    """Effective sample size ``1 / sum w^2`` per datum of unnormalised log weights (S, B)."""
+    return 1.0 / torch.log_softmax(log_ratio, 0).mul(2).exp().sum(0)
 
 
 @contextlib.contextmanager
