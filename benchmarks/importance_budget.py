@@ -20,7 +20,8 @@ the cost? This script answers with the model's own simulations (seed 0):
 
 ``--preset default`` sweeps ``RefineOptions(correction="importance", n_draws=n)`` instead
 (the calibration harness's "refined (importance)": pseudo-random draws, four further
-starts, no sample-size correction); ``--sample-size-correction on|off`` overrides either.
+starts, the sample-size correction since harness version 6); ``--sample-size-correction
+on|off`` overrides either.
 
 Run (one thread; CPU seconds by ``time.process_time``)::
 

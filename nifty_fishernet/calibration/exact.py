@@ -134,9 +134,9 @@ def exact_posterior(model, x, method="auto", grid_points=None, min_extent=6.0, m
         degrees of freedom and scale (in Laplace standard deviations), the adaptation rounds
         (:func:`~nifty_fishernet.models.refine.importance_sample`), and the seed.
     min_ess, max_rounds : optional
-        Importance sampling: further adaptation rounds, up to ``max_rounds`` in all, while
-        the median effective sample size of the B data is below ``min_ess`` (None: exactly
-        ``adapt_rounds``). Up to d = 15 on Fashion-MNIST two rounds reach medians of
+        Importance sampling: further adaptation rounds, up to ``max_rounds`` after the
+        first, while the median effective sample size of the B data is below ``min_ess``
+        (None: exactly ``adapt_rounds``). Up to d = 15 on Fashion-MNIST two rounds reach medians of
         400-3,000 and none is added; at d = 20 they reach 67, and the reference's own SBC
         reads 0.80 / 0.99 instead of 0.68 / 0.95 (six rounds: 680, 0.66 / 0.95).
     chunk : int, optional

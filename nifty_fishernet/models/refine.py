@@ -422,19 +422,17 @@ def importance_sample(energy, components, n_draws, dof, generator, adapt_rounds=
     counts = [share] * len(components)
     draws = [student_t_draws(c, l, share, dof, generator, quasi) for c, l in components]
     energies = [energy(new) for new in draws]
-    round_ = 0
-    while True:
+    last = int(adapt_rounds) if min_ess is None else max(int(max_rounds), int(adapt_rounds))
+    for round_ in range(last + 1):
         points, e = torch.cat(draws), torch.cat(energies)
         log_mix = torch.log(torch.tensor(counts, dtype=points.dtype, device=points.device)
                             / sum(counts))
         log_q = torch.logsumexp(torch.stack([w + student_t_log_density(points, c, l, dof)
                                              for w, (c, l) in zip(log_mix, components)]), 0)
         log_ratio = -e - log_q
-        if round_ >= int(adapt_rounds) and (
-                min_ess is None or round_ >= max(int(max_rounds), int(adapt_rounds))
-                or float(_ess(log_ratio).median()) >= min_ess):
+        if round_ == last or (round_ >= int(adapt_rounds)
+                              and float(_ess(log_ratio).median()) >= min_ess):
             break
-        round_ += 1
         mean, cov = weighted_moments(points, torch.log_softmax(log_ratio, 0))
         cov = cov + 0.05 * base_cov + 1e-12 * eye
         components.append((mean, 1.2 * torch.linalg.cholesky(cov)))
