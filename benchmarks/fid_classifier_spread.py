@@ -25,7 +25,7 @@ from nifty_fishernet.checkpoint import load_checkpoint
 from nifty_fishernet.data import load_fashion_mnist
 from nifty_fishernet.evaluation import decode_latents, encode_means
 from nifty_fishernet.metrics.features import fashion_classifier, train_fashion_classifier
-from nifty_fishernet.metrics.fid import fid
+from nifty_fishernet.metrics.fid import feature_statistics, fid
 
 
 def parse_args(argv=None):
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoints", nargs="+", type=Path, required=True,
                         help="trained models whose reconstructions and N(0,1) samples are scored")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
-                        help="seeds of the further classifier instances (the cached one is seed 0)")
+                        help="seeds of the further classifier instances (the cached one: 0)")
     parser.add_argument("--n-images", type=int, default=10_000)
     parser.add_argument("--json", type=Path, help="also write the table here")
     return parser.parse_args(argv)
@@ -41,7 +41,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(0)
     test_x, _ = load_fashion_mnist("test")
     train_x, _ = load_fashion_mnist("train")
     test_x = test_x[:args.n_images]
@@ -58,15 +57,17 @@ def main(argv=None):
         noise = torch.randn(args.n_images, model.latent_dim,
                             generator=torch.Generator().manual_seed(0))
         image_sets[f"{name} N(0,1) samples"] = decode_latents(model, noise.numpy())
+    # each classifier's statistics of the test images, once for every image set
+    features = {name: (lambda batch, net=net: net.features(batch))
+                for name, net in classifiers.items()}
+    reference = {name: feature_statistics(test_x, features=f) for name, f in features.items()}
     table = {}
     header = " | ".join(classifiers)
     print(f"\n| FID against the test images | {header} | spread (max - min) / mean |")
     print("|---" * (len(classifiers) + 2) + "|")
     for label, images in image_sets.items():
-        with torch.no_grad():
-            row = {name: float(fid(test_x, np.asarray(images),
-                                   features=lambda batch, net=net: net.features(batch)))
-                   for name, net in classifiers.items()}
+        row = {name: float(fid(reference[name], np.asarray(images), features=f))
+               for name, f in features.items()}
         values = np.array(list(row.values()))
         spread = float((values.max() - values.min()) / values.mean())
         table[label] = dict(row, spread=spread)
