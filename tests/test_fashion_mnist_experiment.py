@@ -123,7 +123,12 @@ def test_parts_merge_into_the_record_of_one_run(tmp_path, monkeypatch):
     for folder in ("models", "cache"):
         for path in (parts / folder).iterdir():
             path.unlink()
+    drawn = {name: (parts / name).read_bytes() for name in (
+        "reconstructions.png", "fig5_ellipses_one_image.png", "fig7_normal_samples_d2.png")}
     merged = fm.main(["--out", str(parts), "--models", "VAE"] + common)
+    # the VAE part has no FisherNet weights: the figures of both models are kept as the
+    # first part drew them, not replaced by figures of the VAE alone
+    assert {name: (parts / name).read_bytes() for name in drawn} == drawn
     assert [part["cells"] for part in merged["parts"]] == [[["FisherNet", 2]], [["VAE", 2]]]
     assert _without_timings(merged) == _without_timings(one)
     for name in ("table1.json", "calibration.json"):
@@ -188,6 +193,14 @@ def test_parts_merge_into_the_record_of_one_run(tmp_path, monkeypatch):
         assert old_entry.pop("version") == version
         assert _without_timings(entry) == _without_timings(old_entry)
     assert upgraded["results"] == before["results"]  # nothing trained
+
+    # a figure the record names but that is gone (with no weights to draw it again) is no
+    # longer listed
+    (parts / "fig7_normal_samples_d2.png").unlink()
+    reported = fm.main(["--out", str(parts), "--report-only"])
+    assert "fig7_normal_samples_d2.png" not in reported["figures"]
+    assert "fig8_normal_samples_d2.png" in reported["figures"]
+    assert not (parts / "fig7_normal_samples_d2.png").exists()
 
 
 def test_merge_records_unions_dims_and_keeps_entries_measured_with_other_settings():

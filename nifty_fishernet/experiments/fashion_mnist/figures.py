@@ -1,8 +1,9 @@
 """The paper's figures for the Fashion-MNIST experiment, drawn with :mod:`nifty_fishernet.plotting`.
 
 Figures of the training record (Figs. 1-3) are drawn from the merged ``results.json``, so they
-show every part of a run; figures that need a model (Figs. 4-8, 10, the reconstructions) show
-the models whose weights this run has.
+show every part of a run; figures that need a model (Figs. 4-8, 10, the reconstructions) are
+drawn where every model of the record they show has its weights at hand, and kept as they
+are otherwise.
 """
 
 from __future__ import annotations
@@ -40,67 +41,95 @@ def record_figures(results, dims, out):
     return [path.name for path in written]
 
 
-def model_figures(trained, densities, test_x, test_labels, seed, out):
+def model_figures(trained, densities, test_x, test_labels, seed, out, cells=None):
     """The reconstructions and Figs. 4-8 and 10 from the models at hand.
+
+    A figure is drawn only where every model it shows is at hand: a part of a run in parts
+    that has only some of the record's models leaves the figures drawn from all of them as
+    they are, instead of replacing them with figures of its own models alone.
 
     Parameters
     ----------
     trained : dict
-        ``{name: {d: model}}``; a figure is drawn where its models are present.
+        ``{name: {d: model}}``, the models at hand.
     densities : dict
-        ``{(name, d, "mkde" | "gmm"): fitted density}`` for Fig. 10.
+        ``{(name, d, "mkde" | "gmm" | "flow"): fitted density}`` for Fig. 10.
+    cells : dict, optional
+        ``{name: dims}``, the record's cells the figures show (default: those of
+        ``trained``); the latent dimensions of Figs. 7, 8 and 10 are chosen from them.
 
     Returns
     -------
     list of str
-        The file names written.
+        The file names of the figures drawn and of those kept as they were.
     """
+    if cells is None:
+        cells = trained
+    cells = {name: sorted({int(d) for d in dims}) for name, dims in cells.items() if dims}
+    dims = sorted({d for by_dim in cells.values() for d in by_dim})
     written = []
-    dims = sorted({d for by_dim in trained.values() for d in by_dim})
     if not dims:
         return written
-    rows = {"test images": test_x[:10]}
-    for d in dims:
-        for name, by_dim in trained.items():
-            if d in by_dim:
-                rows[f"{name} d={d}"] = decode_latents(by_dim[d],
-                                                       encode_means(by_dim[d], test_x[:10]))
-    written.append(plotting.plot_image_rows(rows, out / "reconstructions.png"))
-    two = {name: by_dim[2] for name, by_dim in trained.items() if 2 in by_dim}
-    if two:
-        written.append(plotting.plot_latent_means(
-            {name: encode_means(m, test_x) for name, m in two.items()},
-            test_labels, out / "fig4_latent_means_d2.png"))
-    compared = {name: two[name] for name in ("FisherNet", "VAE") if name in two}
-    if compared:
-        written += _fig5_fig6(compared, test_x, test_labels, out)
+
+    def figure(path, shown, draw):
+        """Draw ``path`` if every model of ``shown`` (``[(name, d)]``) is at hand, else keep
+        the file there is."""
+        if shown and all(d in trained.get(name, {}) for name, d in shown):
+            written.append(draw())
+        elif path.exists():
+            written.append(path)
+
+    every = [(name, d) for d in dims for name, by_dim in cells.items() if d in by_dim]
+    figure(out / "reconstructions.png", every, lambda: plotting.plot_image_rows(
+        {"test images": test_x[:10]} | {
+            f"{name} d={d}": decode_latents(trained[name][d],
+                                            encode_means(trained[name][d], test_x[:10]))
+            for name, d in every}, out / "reconstructions.png"))
+    two = [name for name, by_dim in cells.items() if 2 in by_dim]
+    figure(out / "fig4_latent_means_d2.png", [(name, 2) for name in two],
+           lambda: plotting.plot_latent_means(
+               {name: encode_means(trained[name][2], test_x) for name in two},
+               test_labels, out / "fig4_latent_means_d2.png"))
+    compared = [name for name in ("FisherNet", "VAE") if name in two]
+    shown = [(name, 2) for name in compared]
+    if shown and all(name in trained and 2 in trained[name] for name in compared):
+        written += _fig5_fig6({name: trained[name][2] for name in compared}, test_x,
+                              test_labels, out)
+    elif shown:
+        written += [out / name for name in _FIG5_FIG6 if (out / name).exists()]
     rng = np.random.default_rng(seed)
-    for figure, d in (("fig7", min(dims)), ("fig8", 15 if 15 in dims else max(dims))):
+    for number, d in (("fig7", min(dims)), ("fig8", 15 if 15 in dims else max(dims))):
         normal = rng.standard_normal((10, d))
-        written.append(plotting.plot_image_rows(
-            {name: decode_latents(by_dim[d], normal) for name, by_dim in trained.items()
-             if d in by_dim},
-            out / f"{figure}_normal_samples_d{d}.png", f"decoded N(0,1) latents, d = {d}"))
-    fisher = trained.get("FisherNet", {})
-    if fisher:
-        d = 5 if 5 in fisher else max(fisher)
+        path = out / f"{number}_normal_samples_d{d}.png"
+        names = [name for name, by_dim in cells.items() if d in by_dim]
+        figure(path, [(name, d) for name in names], lambda: plotting.plot_image_rows(
+            {name: decode_latents(trained[name][d], normal) for name in names},
+            path, f"decoded N(0,1) latents, d = {d}"))
+    if "FisherNet" in cells:
+        d = 5 if 5 in cells["FisherNet"] else max(cells["FisherNet"])
         path = out / f"fig10_fishernet_samples_d{d}.png"
         found = [(key, label) for key, label in (("mkde", "Matérn KDE"),
                                                  ("gmm", "Gaussian mixture"),
                                                  ("flow", "normalizing flow"))
                  if ("FisherNet", d, key) in densities]
-        # the densities are fitted by the part that measures the FisherNet's Table 1: a
-        # part without them would replace its figure by the N(0,1) row alone
-        if found or not path.exists():
+        fisher = trained.get("FisherNet", {})
+
+        def fig10():
             rows = {"N(0,1)": decode_latents(fisher[d], rng.standard_normal((10, d)))}
             for key, label in found:
                 rows[label] = decode_latents(
                     fisher[d], densities["FisherNet", d, key].sample(10, generator=rng))
-            written.append(plotting.plot_image_rows(
-                rows, path, f"FisherNet d = {d}: latent samples decoded"))
-        else:
-            written.append(path)
+            return plotting.plot_image_rows(rows, path,
+                                            f"FisherNet d = {d}: latent samples decoded")
+
+        # the densities are fitted by the part that measures the FisherNet's Table 1: a
+        # part without them would replace its figure by the N(0,1) row alone
+        figure(path, [("FisherNet", d)] if found or not path.exists() else [], fig10)
     return [path.name for path in written]
+
+
+_FIG5_FIG6 = ("fig5_ellipses_one_image.png", "fig5_reconstructions_along_axes.png",
+              "fig6_shoe_ellipses.png")
 
 
 def _posteriors(models, images):

@@ -377,7 +377,8 @@ def _run(args, argv, setting, device, context):
     shown = _stored_models(old, out, setting, args.seed, skip=cells)
     for name, by_dim in trained.items():
         shown.setdefault(name, {}).update(by_dim)
-    figures += model_figures(shown, densities, test_x, test_labels, args.seed, out)
+    figures += model_figures(shown, densities, test_x, test_labels, args.seed, out,
+                             cells=_record_cells(old, results))
     record["figures"] = figures
     record["wall_seconds"] = time.perf_counter() - start
     record["part"] = dict(command=record["command"], cells=[list(c) for c in cells],
@@ -396,15 +397,18 @@ def _run(args, argv, setting, device, context):
 
 def _write_record(record, out):
     """Figures of the record, calibration.json, table1.json/.md, summary.md, results.json."""
-    record["figures"] = sorted(set(record["figures"]) | set(record_figures(
-        record["results"], record["setting"]["dims"], out)) | (
-        {"calibration.png"} if record.get("calibration") else set()), key=paper_order)
+    drawn = record_figures(record["results"], record["setting"]["dims"], out)
     if record.get("calibration"):
-        plot_calibration(record["calibration"], out / "calibration.png",
-                         f"Latent posteriors against the truth ({record['mode']} models)")
+        drawn.append(plot_calibration(
+            record["calibration"], out / "calibration.png",
+            f"Latent posteriors against the truth ({record['mode']} models)").name)
         _write_json(out / "calibration.json",
                     {"settings": record["setting"]["calibration"], "seed": record["seed"],
                      "results": record["calibration"]})
+    # the record lists the figures there are: one a part named that is gone since (an older
+    # part's figure of another latent dimension, deleted) is not listed
+    record["figures"] = sorted((name for name in set(record["figures"]) | set(drawn)
+                                if (out / name).exists()), key=paper_order)
     if record.get("table1"):
         write_table1(record["table1"], out)
     write_summary(record, out)
@@ -413,6 +417,16 @@ def _write_record(record, out):
     print(f"\nwrote {out}/summary.md, results.json, figures"
           + (", table1.json, table1.md" if record.get("table1") else ""))
     return record
+
+
+def _record_cells(record, results=None):
+    """``{name: [d, ...]}`` of a record's cells and of this part's ``results``: the models
+    the figures show."""
+    cells = {}
+    for by_name in ((record or {}).get("results", {}), results or {}):
+        for name, by_dim in by_name.items():
+            cells.setdefault(name, set()).update(int(d) for d in by_dim)
+    return {name: sorted(dims) for name, dims in cells.items()}
 
 
 def _stored_models(record, out, setting, seed, skip=()):
@@ -502,7 +516,8 @@ def write_reports(out):
     if models:
         test_x, test_labels = load_fashion_mnist("test")
         record["figures"] = sorted(set(record.get("figures", [])) | set(model_figures(
-            models, {}, test_x, test_labels, record["seed"], out)), key=paper_order)
+            models, {}, test_x, test_labels, record["seed"], out,
+            cells=_record_cells(record))), key=paper_order)
     return _write_record(record, out)
 
 
