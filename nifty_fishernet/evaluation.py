@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .cache import ResultCache, fingerprint
 from .density import (DensityFileError, FlowDensity, GaussianMixtureDensity, GridTooLargeError,
                       MaternKDE, load_density)
-from .metrics.features import CLASSIFIER_FILE
+from .metrics.features import feature_extractor
 from .metrics.fid import feature_statistics, fid
 from .io import jsonable
 from .validation import EVALUATION_BATCH
@@ -135,10 +135,12 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
     Returns
     -------
     dict
-        ``{"features", "n_images", "seed", "floor", "results": {name: {d: {...}}}}`` where each
-        entry holds the FIDs ``rec``, ``sample``, ``mkde``, ``gmm`` (None where not computed,
-        with the reason under ``notes``) and the estimators' fit details; ``cached`` lists
-        the entries read from ``cache_dir``.
+        ``{"features", "n_images", "seed", "floor", "feature_weights", "floors", "results":
+        {name: {d: {...}}}}`` where each entry holds the FIDs ``rec``, ``sample``, ``mkde``,
+        ``gmm``, ``flow`` (None where not computed, with the reason under ``notes``), the
+        estimators' fit details and ``feature_weights``, a hash of the feature network's
+        weights (the FID classifier's instance; ``floors`` maps it to its floor); ``cached``
+        lists the entries read from ``cache_dir``.
     """
     unknown = set(estimators) - set(ESTIMATORS)
     if unknown:
@@ -165,10 +167,12 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
         return fid(stats(images), reference)
 
     began = time.perf_counter()
-    # the feature network's version is in its file name: a new classifier gives new keys
+    # the feature network's weights are in the keys: another instance of the FID classifier
+    # (each machine trains its own) gives new entries, never another instance's
+    weights = getattr(feature_extractor(features, options["device"], options.get("cache_dir"),
+                                        options.get("inception_path"), progress=False), "weights", None)
     settings = dict(version=EVALUATION_VERSION, n_images=n, features=features,
-                    classifier=CLASSIFIER_FILE if features == "fmnist" else None,
-                    seed=int(seed), estimators=sorted(estimators), mkde=mkde_options,
+                    feature_weights=weights, seed=int(seed), estimators=sorted(estimators), mkde=mkde_options,
                     gmm=gmm_options)
     if "flow" in estimators:  # (keys of runs without the flow stay as they were)
         settings["flow"] = flow_options
@@ -182,7 +186,8 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
             cache.put("floor", floor_key, floor)
     out = {"features": features if isinstance(features, str) else getattr(
                features, "name", "custom"),
-           "n_images": n, "seed": int(seed), "floor": floor, "results": {}, "cached": []}
+           "n_images": n, "seed": int(seed), "floor": floor, "feature_weights": weights,
+           "floors": {} if weights is None else {weights: floor}, "results": {}, "cached": []}
     jobs = [(name, d, model) for name, by_dim in models.items()
             for d, model in sorted(by_dim.items())]
     for name, d, model in tqdm(jobs, desc="sample quality", disable=not progress):
@@ -201,6 +206,7 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
                                            estimators, np.random.default_rng([int(seed), int(d)]),
                                            dict(mkde=mkde_options, gmm=gmm_options,
                                                 flow=flow_options))
+            entry["feature_weights"] = weights
             if cache is not None:
                 for kind, density in fitted.items():
                     density.save(paths[kind])

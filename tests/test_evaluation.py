@@ -1,5 +1,6 @@
 """Table 1 evaluation: structure, finiteness, the estimators' reach, and the Fig. 9 plot."""
 
+import copy
 import json
 
 import numpy as np
@@ -137,6 +138,47 @@ def test_cached_evaluation_is_read_back_and_keyed_by_the_weights(fmnist_small, t
     with pytest.raises(TypeError, match="by name"):
         sample_quality(models, train_x[:600], test_x, features=lambda x: x.flatten(1),
                        **options)
+
+
+def test_another_fid_classifier_instance_gets_its_own_entries(fmnist_small, tmp_path,
+                                                              monkeypatch):
+    """Each machine trains its own FID classifier, and instances score the same images ~20 %
+    apart: an entry scored by one instance is never read back for another, every entry names
+    its instance, and a table of mixed instances says which scored which entry."""
+    import nifty_fishernet.metrics.features as features
+    from nifty_fishernet.cache import fingerprint
+
+    train_x, test_x, _ = fmnist_small
+    torch.manual_seed(0)
+    models = {"FisherNet": {2: nf.FisherNet(2)}}
+    options = dict(n_images=200, estimators=(), progress=False, cache_dir=tmp_path / "cache")
+    first = sample_quality(models, train_x[:600], test_x, **options)
+    classifier = features.fashion_classifier()
+    weights = fingerprint(classifier)[:16]
+    assert first["feature_weights"] == weights == first["results"]["FisherNet"][2][
+        "feature_weights"]
+    assert first["floors"] == {weights: first["floor"]}
+
+    # another instance of the recipe (here: the network with one bias nudged), trained into
+    # another classifier folder
+    other = copy.deepcopy(classifier)
+    with torch.no_grad():
+        other.dense.bias.add_(0.05)
+    monkeypatch.setattr(features, "train_fashion_classifier",
+                        lambda progress=True: (other, 0.95))
+    second = sample_quality(models, train_x[:600], test_x,
+                            feature_options=dict(cache_dir=tmp_path / "classifier"), **options)
+    assert second["cached"] == [] and second["feature_weights"] == fingerprint(other)[:16]
+    assert second["feature_weights"] != weights
+    assert second["results"]["FisherNet"][2]["rec"] != first["results"]["FisherNet"][2]["rec"]
+
+    mixed = dict(second, floors={**first["floors"], **second["floors"]},
+                 results={"FisherNet": {2: first["results"]["FisherNet"][2]},
+                          "VAE": {2: second["results"]["FisherNet"][2]}})
+    text = table1_markdown(mixed)
+    assert f"- `{weights}` (floor {first['floor']:.3f}): FisherNet d=2" in text
+    assert f"- `{second['feature_weights']}` (floor {second['floor']:.3f}): VAE d=2" in text
+    assert "instances" not in table1_markdown(first)
 
 
 def test_the_flow_joins_table1_with_its_heldout_likelihood(fmnist_small, tmp_path):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 import json
 
+from ..cache import fingerprint
 from ..errors import FileFormatError
 from ..io import read_hdf5, read_tensors, user_cache_dir, write_hdf5, write_tensors
 from ..validation import EVALUATION_BATCH, as_image_batch
@@ -201,13 +203,20 @@ def inception_weights_path(path=None):
 
 
 class FashionFeatures:
-    """``"fmnist"`` features: the classifier's 128-d penultimate layer."""
+    """``"fmnist"`` features: the classifier's 128-d penultimate layer; ``weights`` identifies
+    the classifier's instance (a hash of its weights)."""
 
     name = "fmnist"
+    #: images per network call (:func:`~nifty_fishernet.metrics.fid.feature_statistics`)
+    batch_size = 500
 
     def __init__(self, cache_dir=None, device="cpu", progress=True):
         self.device = torch.device(device)
-        self.network = fashion_classifier(cache_dir, progress).to(self.device)
+        self.network = fashion_classifier(cache_dir, progress)
+        # which instance of the recipe: each machine trains its own, and instances put the
+        # same images' FIDs ~20 % apart (benchmarks/fid_classifier_spread.py)
+        self.weights = fingerprint(self.network)[:16]
+        self.network = self.network.to(self.device)
         self.dim = FashionClassifier.feature_dim
 
     def __call__(self, batch):
@@ -215,15 +224,24 @@ class FashionFeatures:
 
 
 class InceptionFeatures:
-    """``"inception"`` features: Inception-v3 pool3 (2048-d) of the images at 299 x 299 RGB."""
+    """``"inception"`` features: Inception-v3 pool3 (2048-d) of the images at 299 x 299 RGB;
+    ``weights`` is a hash of the weights file."""
 
     name = "inception"
     dim = 2048
+    #: images per network call: a batch's activations at 299 x 299 take ~17 MB per image, so
+    #: 500 (the fmnist batch) held ~9.6 GB (benchmarks/inception_memory.py)
+    batch_size = 50
 
     def __init__(self, path=None, device="cpu"):
         self.path = inception_weights_path(path)
         self.device = torch.device(device)
         self.network = torch.jit.load(str(self.path), map_location=self.device).eval()
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        self.weights = digest.hexdigest()[:16]
 
     def __call__(self, batch):
         # The resize is torch's bilinear (align_corners=False, no antialiasing), pytorch-fid's

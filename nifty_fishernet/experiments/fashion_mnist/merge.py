@@ -131,6 +131,9 @@ def _copy_keys(source, target, keys):
 def _merge_table1(old, new):
     """Table 1 records (and their nested Inception tables) with the cells of both."""
     merged = dict(new, results=_merge_cells(old["results"], new["results"]))
+    floors = {**old.get("floors", {}), **new.get("floors", {})}
+    if floors:  # the feature networks' instances of every part, each with its floor
+        merged["floors"] = floors
     if "inception" in old and "inception" in new:
         merged["inception"] = _merge_table1(old["inception"], new["inception"])
     elif "inception" in old:

@@ -35,6 +35,7 @@ def table1_markdown(quality):
              f"only with features='inception'). Real-vs-real floor (train vs test): "
              f"{quality['floor']:.2f}.", ""] + _header("FID of", dims)
     lines += _fid_rows(quality["results"], dims, QUANTITIES)
+    lines += _instance_lines(quality)
     heldout = _heldout_lines(quality["results"], dims)
     if heldout:
         lines += ["", "Held-out mean log-density of the test images' encoder means under each "
@@ -49,6 +50,7 @@ def table1_markdown(quality):
                   f"bias falls roughly as 1/N). Real-vs-real floor at this size: "
                   f"{inception['floor']:.2f}.", ""] + _header("FID of", dims)
         lines += _fid_rows(inception["results"], dims, ("rec", "sample"))
+        lines += _instance_lines(inception)
     return "\n".join(lines) + "\n"
 
 
@@ -66,6 +68,27 @@ def _fid_rows(results, dims, keys):
                 continue
             cells = [_cell(v, p) for v, p in zip(values, papers)]
             lines.append(f"| {name} | {QUANTITIES[key]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _instance_lines(quality):
+    """Where the entries' FIDs come from more than one instance of the feature network (the
+    FID classifier is trained per machine): which entries each instance scored. FIDs of
+    different instances differ by up to ~20 % for the same images."""
+    groups = {}
+    for name, by_dim in quality["results"].items():
+        for d, entry in sorted(by_dim.items(), key=lambda item: int(item[0])):
+            groups.setdefault(entry.get("feature_weights"), []).append(f"{name} d={d}")
+    if len(groups) < 2:
+        return []
+    floors = quality.get("floors", {})
+    lines = ["", "Feature-network instances (hash of the weights; FIDs of different instances "
+             "are comparable only to ~20 %, see benchmarks/fid_classifier_spread.py):", ""]
+    for weights, cells in groups.items():
+        label = "not recorded (entries measured before instances were recorded)" \
+            if weights is None else f"`{weights}`" + (
+                f" (floor {floors[weights]:.3f})" if weights in floors else "")
+        lines.append(f"- {label}: {', '.join(cells)}")
     return lines
 
 
