@@ -169,11 +169,12 @@ def sample_quality(models, train_images, test_images, n_images=10_000, features=
     began = time.perf_counter()
     # the feature network's weights are in the keys: another instance of the FID classifier
     # (each machine trains its own) gives new entries, never another instance's
-    weights = getattr(feature_extractor(features, options["device"], options.get("cache_dir"),
-                                        options.get("inception_path"), progress=False), "weights", None)
+    extractor = feature_extractor(features, options["device"], options.get("cache_dir"),
+                                  options.get("inception_path"), progress=False)
+    weights = getattr(extractor, "weights", None)
     settings = dict(version=EVALUATION_VERSION, n_images=n, features=features,
-                    feature_weights=weights, seed=int(seed), estimators=sorted(estimators), mkde=mkde_options,
-                    gmm=gmm_options)
+                    feature_weights=weights, seed=int(seed), estimators=sorted(estimators),
+                    mkde=mkde_options, gmm=gmm_options)
     if "flow" in estimators:  # (keys of runs without the flow stay as they were)
         settings["flow"] = flow_options
     images_key = None if cache is None else fingerprint(train_images, test_images[:n])

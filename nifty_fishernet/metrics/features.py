@@ -229,8 +229,9 @@ class InceptionFeatures:
 
     name = "inception"
     dim = 2048
-    #: images per network call: a batch's activations at 299 x 299 take ~17 MB per image, so
-    #: 500 (the fmnist batch) held ~9.6 GB (benchmarks/inception_memory.py)
+    #: images per network call: a batch's activations at 299 x 299 take ~14 MB per image, so
+    #: 500 (the fmnist batch) held 7 GB more than the loaded network; 50 hold 0.9 GB, run
+    #: faster and give the same features (benchmarks/inception_memory.py)
     batch_size = 50
 
     def __init__(self, path=None, device="cpu"):

@@ -75,7 +75,7 @@ def feature_statistics(images, features="fmnist", batch_size=None, device="cpu",
         ``(b, 1, 28, 28)`` float32 tensor to ``(b, f)`` features.
     batch_size : int, optional
         Images per network call; default the feature network's ``batch_size`` (500 for
-        ``"fmnist"``, 50 for ``"inception"``, whose activations take ~17 MB per image), else
+        ``"fmnist"``, 50 for ``"inception"``, whose activations take ~14 MB per image), else
         500.
     device : str or torch.device
         Where the network runs.
