@@ -8,6 +8,7 @@ import numbers
 import numpy as np
 import torch
 
+from ..fisher import decoder_jacobian
 from .compat import describe, ift, is_field, values
 from .noise import noise_inverse_covariance
 from .operator import TorchOperator
@@ -133,8 +134,14 @@ def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device, image_
     latent = ift.UnstructuredDomain((batch, int(latent_dim)))
     flat = decoder_target(batch, data_dim)
     decoder = _frozen(decoder, dtype)
-    # Decoders of this package form their per-datum Jacobians in one fused pass.
+    # Decoders of this package form their per-datum Jacobians in one fused pass; any other
+    # (a ConvVAE's) gets them by forward-mode autodiff, d tangents at once: a linearization
+    # then costs one such pass, and each of the many Jacobian products MGVI and geoVI apply
+    # at it a batched matrix product instead of a pass through the decoder.
     row_jacobian = getattr(decoder, "forward_with_jacobian", None)
+    if row_jacobian is None:
+        def row_jacobian(z):
+            return decoder_jacobian(decoder, z, method="autodiff")
     signal = TorchOperator(latent, flat, decoder, dtype=dtype, device=device,
                            row_jacobian=row_jacobian).ducktape(LATENT_KEY)
     if image_shape is None:
