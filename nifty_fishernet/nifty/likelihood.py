@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
 
 import numpy as np
@@ -134,14 +135,11 @@ def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device, image_
     latent = ift.UnstructuredDomain((batch, int(latent_dim)))
     flat = decoder_target(batch, data_dim)
     decoder = _frozen(decoder, dtype)
-    # Decoders of this package form their per-datum Jacobians in one fused pass; any other
-    # (a ConvVAE's) gets them by forward-mode autodiff, d tangents at once: a linearization
-    # then costs one such pass, and each of the many Jacobian products MGVI and geoVI apply
-    # at it a batched matrix product instead of a pass through the decoder.
-    row_jacobian = getattr(decoder, "forward_with_jacobian", None)
-    if row_jacobian is None:
-        def row_jacobian(z):
-            return decoder_jacobian(decoder, z, method="autodiff")
+    # Per-datum Jacobians once per point, d x k each: in one fused pass where the decoder has
+    # one (this package's MLPs), else by forward-mode autodiff (a ConvVAE's); every Jacobian
+    # product MGVI and geoVI apply at the point is then a batched matrix product, not a pass
+    # through the decoder.
+    row_jacobian = functools.partial(decoder_jacobian, decoder)
     signal = TorchOperator(latent, flat, decoder, dtype=dtype, device=device,
                            row_jacobian=row_jacobian).ducktape(LATENT_KEY)
     if image_shape is None:

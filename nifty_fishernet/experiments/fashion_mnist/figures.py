@@ -72,12 +72,14 @@ def model_figures(trained, densities, test_x, test_labels, seed, out, cells=None
         return written
 
     def figure(path, shown, draw):
-        """Draw ``path`` if every model of ``shown`` (``[(name, d)]``) is at hand, else keep
-        the file there is."""
+        """Draw ``path`` (a path or a tuple of them; ``draw`` returns what it wrote) if every
+        model of ``shown`` (``[(name, d)]``) is at hand, else keep the files there are."""
         if shown and all(d in trained.get(name, {}) for name, d in shown):
-            written.append(draw())
-        elif path.exists():
-            written.append(path)
+            drawn = draw()
+            written.extend(drawn if isinstance(drawn, list) else [drawn])
+        else:
+            written.extend(p for p in (path if isinstance(path, tuple) else (path,))
+                           if p.exists())
 
     every = [(name, d) for d in dims for name, by_dim in cells.items() if d in by_dim]
     figure(out / "reconstructions.png", every, lambda: plotting.plot_image_rows(
@@ -91,12 +93,10 @@ def model_figures(trained, densities, test_x, test_labels, seed, out, cells=None
                {name: encode_means(trained[name][2], test_x) for name in two},
                test_labels, out / "fig4_latent_means_d2.png"))
     compared = [name for name in ("FisherNet", "VAE") if name in two]
-    shown = [(name, 2) for name in compared]
-    if shown and all(name in trained and 2 in trained[name] for name in compared):
-        written += _fig5_fig6({name: trained[name][2] for name in compared}, test_x,
-                              test_labels, out)
-    elif shown:
-        written += [out / name for name in _FIG5_FIG6 if (out / name).exists()]
+    if compared:
+        figure(tuple(out / name for name in _FIG5_FIG6), [(name, 2) for name in compared],
+               lambda: _fig5_fig6({name: trained[name][2] for name in compared}, test_x,
+                                  test_labels, out))
     rng = np.random.default_rng(seed)
     for number, d in (("fig7", min(dims)), ("fig8", 15 if 15 in dims else max(dims))):
         normal = rng.standard_normal((10, d))
