@@ -17,7 +17,7 @@ import torch
 
 from .io import write_text
 
-__all__ = ["fingerprint", "json_hash", "ResultCache"]
+__all__ = ["fingerprint", "json_hash", "ResultCache", "StageRecords"]
 
 
 def _feed(digest, part):
@@ -96,6 +96,39 @@ class ResultCache:
         write_text(path, json.dumps({"key": key, "sha256": json_hash(value), "value": value},
                                     indent=1))
         return path
+
+    def stages(self, label, key):
+        """The records of the stages of one long computation stored under ``key``, as a
+        :class:`StageRecords` mapping (e.g. the ``finished`` rows of
+        :func:`nifty_fishernet.calibration.calibrate`), so a killed run resumes."""
+        return StageRecords(self, label, key)
+
+
+class StageRecords:
+    """``{stage name: JSON-able record}`` kept in a :class:`ResultCache`, one file per stage
+    (``<label>_stage-<name>_<key[:16]>.json``), written as each stage finishes.
+
+    Supports ``name in records``, ``records[name]`` and ``records[name] = value``; an
+    unreadable or corrupt file counts as missing (the stage runs again).
+    """
+
+    def __init__(self, cache, label, key):
+        self.cache, self.label, self.key = cache, str(label), str(key)
+
+    def _label(self, name):
+        return f"{self.label}_stage-{str(name).replace(' ', '-')}"
+
+    def __contains__(self, name):
+        return self.cache.get(self._label(name), self.key) is not None
+
+    def __getitem__(self, name):
+        value = self.cache.get(self._label(name), self.key)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name, value):
+        self.cache.put(self._label(name), self.key, value)
 
 
 def json_hash(value):

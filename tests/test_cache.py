@@ -53,3 +53,23 @@ def test_result_cache_round_trip_force_and_bad_files(tmp_path):
     path.write_text(f'{{"key": "{other}", "value": 1}}')
     with pytest.warns(RuntimeWarning, match="another key"):
         assert cache.get("table1", key) is None
+
+
+def test_stage_records_keep_each_stage_and_treat_a_bad_file_as_missing(tmp_path):
+    cache = ResultCache(tmp_path / "c")
+    key = fingerprint("a long computation")
+    records = cache.stages("calibration_VAE_d2", key)
+    assert "simulated mgvi" not in records
+    with pytest.raises(KeyError, match="simulated mgvi"):
+        records["simulated mgvi"]
+    records["simulated mgvi"] = {"coverage": {"68": 0.5}}
+    path = tmp_path / "c" / f"calibration_VAE_d2_stage-simulated-mgvi_{key[:16]}.json"
+    assert path.is_file()
+    # read back by a new mapping of the same key, not by another key's
+    assert cache.stages("calibration_VAE_d2", key)["simulated mgvi"] == {"coverage": {"68": 0.5}}
+    assert "simulated mgvi" not in cache.stages("calibration_VAE_d2", fingerprint("other"))
+    assert "simulated mgvi" not in ResultCache(tmp_path / "c", force=True).stages(
+        "calibration_VAE_d2", key)
+    path.write_text(path.read_text()[:20])  # cut short by a kill: the stage runs again
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        assert "simulated mgvi" not in records

@@ -11,6 +11,8 @@ from torch import nn
 
 import nifty_fishernet as nf
 from nifty_fishernet import calibration as cal
+from nifty_fishernet.cache import ResultCache, fingerprint
+from nifty_fishernet.io import jsonable
 from nifty_fishernet.models import GaussianNoise
 from conftest import random_fishernet
 
@@ -593,6 +595,38 @@ def test_harness_runs_every_part_on_a_small_model():
         cal.recalibrate(model, images.numpy(), stale, n_simulated=30, n_real=8)
     with pytest.raises(ValueError, match="'nifty' is not an option here"):
         cal.recalibrate(model, images.numpy(), stale, nifty=("mgvi",))
+
+
+def test_a_killed_calibration_resumes_after_its_last_finished_stage(tmp_path):
+    model = random_fishernet(latent_dim=4, data_dim=12, xi=-2.0, gain=2.0, seed=3)
+    _, images = cal.simulate(model, 8, seed=9)
+    options = dict(nifty=("mgvi",), n_simulated=40, n_real=8, n_nifty=8, progress=False,
+                   exact_options=dict(n_draws=512),
+                   nifty_options=dict(n_samples=4, total_iterations=2))
+    whole = cal.calibrate(model, images.numpy(), **options)
+    records = ResultCache(tmp_path).stages("calibration", fingerprint("this model"))
+
+    class Killed(Exception):
+        pass
+
+    class KilledAfterTwoStages(dict):
+        def __setitem__(self, name, value):
+            records[name] = value
+            super().__setitem__(name, value)
+            if len(self) == 2:
+                raise Killed(name)
+
+    with pytest.raises(Killed, match="simulated mgvi"):
+        cal.calibrate(model, images.numpy(), finished=KilledAfterTwoStages(), **options)
+    assert "simulated gaussian" in records and "simulated mgvi" in records
+    assert "simulated exact reference" not in records and "real mgvi" not in records
+    kept = records["simulated mgvi"]
+    resumed = cal.calibrate(model, images.numpy(), finished=records, **options)
+    # the finished stage is read back (its wall time is the killed run's), the rest run
+    # on: the result of one uninterrupted run
+    assert resumed["simulated"]["mgvi"] == kept
+    assert _without_seconds(resumed) == _without_seconds(jsonable(whole))
+    assert "simulated exact reference" in records and "real mgvi" in records
 
 
 def _without_seconds(value):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..io import jsonable
 from .exact import compare_to_exact, exact_mass_below, exact_posterior, lower_bound_eigenvalues
 from .sbc import (LEVELS, gaussian_coverage, hpd_ranks, rank_histogram, sample_coverage,
                   sbc_ranks, simulate)
@@ -122,7 +123,7 @@ def _summaries(model, method):
 
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
               n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256,
-              exact_options=None, nifty_options=None, progress=True):
+              exact_options=None, nifty_options=None, progress=True, finished=None):
     """Measure how honest each posterior approximation of ``model`` is.
 
     Parameters
@@ -157,6 +158,17 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         Keyword arguments of :func:`nifty_fishernet.latent_posterior` (default 3 KL
         iterations and ``max(10, d + 2)`` sample pairs, since the mirrored samples of
         ``n_samples`` pairs span only ``n_samples`` directions).
+    progress : bool
+        Show a progress bar over the stages.
+    finished : MutableMapping, optional
+        Rows of stages already measured, by stage name (e.g. ``"simulated mgvi"``), read
+        before and written after each stage whose rows do not depend on another's random
+        numbers: the simulated Gaussian methods (as one stage), each NIFTy method on the
+        simulated and on the real data, and the exact reference's SBC. A run killed midway
+        and given the same mapping again (e.g. a
+        :meth:`~nifty_fishernet.cache.ResultCache.view`, kept on disk) resumes after its
+        last finished stage with the result a single run gives. The caller keys it to
+        everything the rows depend on (model, images, these arguments).
 
     Returns
     -------
@@ -185,35 +197,50 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     out = {"latent_dim": model.latent_dim, "noise_std": model.noise_std,
            "n_simulated": int(n_simulated), "n_real": int(n_real), "simulated": {}, "real": {}}
     truth, x = simulate(model, n_simulated, seed)
-    jobs = list(methods) + list(nifty) + (["exact"] if n_real else [])
     with_reference = model.latent_dim > 3 and int(n_reference) > 0
-    bar = tqdm(total=len(jobs) + int(with_reference),
+    steps = (len(methods) + len(nifty) + int(with_reference)
+             + (1 + len(nifty) if n_real else 0))
+    bar = tqdm(total=steps,
                desc=f"calibration {type(model).__name__} d={model.latent_dim}",
                disable=not progress, leave=False)
     with torch.no_grad():
         truth_energy = _batched((x, truth), batch_size,
                                 lambda part, z: (model.energy(part, z),))[0]
-    for name, options in methods.items():
-        began = time.perf_counter()
-        with torch.no_grad():
-            mean, cov, ess, hpd = _batched((x, truth_energy), batch_size,
-                                           _summaries(model, options), name, progress)
-        seconds = (time.perf_counter() - began) / x.shape[0]
-        draws = _gaussian_draws(mean, cov, rank_draws, generator)
-        out["simulated"][name] = {
-            "coverage": _coverage(gaussian_coverage(mean, cov, truth)),
-            "rank_histogram": rank_histogram(sbc_ranks(draws, truth), bins).tolist(),
-            "seconds_per_datum": seconds}
-        if torch.isfinite(ess).all():
-            out["simulated"][name]["ess"] = _quantiles(ess.cpu().numpy())
-        if torch.isfinite(hpd).all():
-            # the same draws, judged by the posterior's own highest-density regions
-            ranks = hpd.numpy()[:, None]
-            out["simulated"][name + HPD_SUFFIX] = {
-                "coverage": _coverage(ranks < np.asarray(LEVELS)),
-                "rank_histogram": rank_histogram(ranks, bins).tolist(),
+    finished = {} if finished is None else finished
+
+    def stage(name, measure, steps=1):
+        # a stage's rows are measured once and kept in ``finished``
+        if name not in finished:
+            finished[name] = jsonable(measure())
+        bar.update(steps)
+        return finished[name]
+
+    def gaussian_rows():
+        # one stage: the methods draw from one generator in turn
+        rows = {}
+        for name, options in methods.items():
+            began = time.perf_counter()
+            with torch.no_grad():
+                mean, cov, ess, hpd = _batched((x, truth_energy), batch_size,
+                                               _summaries(model, options), name, progress)
+            seconds = (time.perf_counter() - began) / x.shape[0]
+            draws = _gaussian_draws(mean, cov, rank_draws, generator)
+            rows[name] = {
+                "coverage": _coverage(gaussian_coverage(mean, cov, truth)),
+                "rank_histogram": rank_histogram(sbc_ranks(draws, truth), bins).tolist(),
                 "seconds_per_datum": seconds}
-        bar.update()
+            if torch.isfinite(ess).all():
+                rows[name]["ess"] = _quantiles(ess.cpu().numpy())
+            if torch.isfinite(hpd).all():
+                # the same draws, judged by the posterior's own highest-density regions
+                ranks = hpd.numpy()[:, None]
+                rows[name + HPD_SUFFIX] = {
+                    "coverage": _coverage(ranks < np.asarray(LEVELS)),
+                    "rank_histogram": rank_histogram(ranks, bins).tolist(),
+                    "seconds_per_datum": seconds}
+        return rows
+
+    out["simulated"].update(stage("simulated gaussian", gaussian_rows, len(methods)))
     # mirrored samples span n_samples directions: the real-image comparison needs a
     # covariance of full rank
     nifty_settings = dict(n_samples=max(10, model.latent_dim + 2), total_iterations=3,
@@ -230,31 +257,38 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
 
         return latent_posterior(model, data.double().cpu().numpy(), method, **nifty_settings)
 
-    for method in nifty:
+    def nifty_simulated_row(method):
         began = time.perf_counter()
         subset = slice(0, min(int(n_nifty), x.shape[0]))
         result = run_nifty(method, x[subset])
         seconds = (time.perf_counter() - began) / (subset.stop or 1)
         draws = torch.from_numpy(result.latent_draws())
-        out["simulated"][method] = {
+        return {
             "coverage": _coverage(sample_coverage(draws, truth[subset])),
             "rank_histogram": rank_histogram(sbc_ranks(draws, truth[subset]), bins).tolist(),
             "seconds_per_datum": seconds, "n": int(subset.stop), "draws": int(draws.shape[0])}
-        bar.update()
+
+    for method in nifty:
+        out["simulated"][method] = stage(f"simulated {method}",
+                                         lambda: nifty_simulated_row(method))
     options = dict(exact_options or {})
     options.setdefault("seed", int(seed))
-    if with_reference:
+
+    def reference_row():
         # the exact reference itself: does importance sampling find the posterior?
         subset = slice(0, min(int(n_reference), x.shape[0]))
         reference = exact_posterior(model, x[subset], **options)
         weights = reference.log_weights.exp()
-        out["simulated"]["exact reference"] = {
+        return {
             "coverage": _coverage(sample_coverage(reference.points, truth[subset],
                                                   weights=weights)),
             "rank_histogram": rank_histogram(sbc_ranks(reference.points, truth[subset],
                                                        weights), bins).tolist(),
             "ess": _quantiles(reference.ess.numpy()), "n": int(subset.stop)}
-        bar.update()
+
+    if with_reference:
+        out["simulated"]["exact reference"] = stage("simulated exact reference",
+                                                    reference_row)
     if n_real:
         real = torch.as_tensor(np.asarray(real_images[:n_real]), dtype=model.dtype,
                                device=model.device)
@@ -290,12 +324,16 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
                 out["real"][name + HPD_SUFFIX] = {
                     f"mass_{round(100 * level)}": _quantiles(exact_mass_below(
                         exact, result.energy_threshold(level))) for level in LEVELS}
-        for method in nifty:
+
+        def nifty_real_row(method):
             # a sampled posterior, judged here by the Gaussian of its samples' moments
             result = run_nifty(method, real)
             metrics = compare_to_exact(model, real, exact, torch.from_numpy(result.mean),
                                        torch.from_numpy(result.covariance), seed=seed)
-            out["real"][method] = {key: _quantiles(value) for key, value in metrics.items()}
+            return {key: _quantiles(value) for key, value in metrics.items()}
+
+        for method in nifty:
+            out["real"][method] = stage(f"real {method}", lambda: nifty_real_row(method))
         eigenvalues = lower_bound_eigenvalues(exact.covariance, exact.laplace_covariance)
         out["lower_bound"] = {**_quantiles(eigenvalues),
                               "fraction_below_1": float(np.mean(eigenvalues < 1))}

@@ -275,7 +275,9 @@ def calibration(trained, test_x, setting, args):
                 began = time.perf_counter()
                 older = _older_entry(cache, label, key_of)
                 if older is None:
-                    entry = calibrate(model, test_x, seed=args.seed, nifty=nifty, **options)
+                    # each finished stage is kept: a killed part resumes after it
+                    entry = calibrate(model, test_x, seed=args.seed, nifty=nifty,
+                                      finished=cache.stages(label, key), **options)
                     entry["seconds"] = time.perf_counter() - began
                 else:
                     # the NIFTy rows (most of a run's time) stay as measured
