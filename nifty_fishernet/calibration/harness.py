@@ -186,7 +186,9 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         posterior's ``method``, ``edge_mass`` or ``ess``, how many images have a lower mode
         than the encoder's or other modes, and for the grid the mass of modes outside it)
         and ``lower_bound`` (quantiles of
-        the generalised eigenvalues, the fraction below 1).
+        the generalised eigenvalues, the fraction below 1). The rows of the stages kept in
+        ``finished`` are JSON values (:func:`~nifty_fishernet.io.jsonable`: NaN as None),
+        whether measured now or read back.
     """
     methods = dict(DEFAULT_METHODS if methods is None else methods)
     unknown = set(nifty) - set(NIFTY_METHODS)
