@@ -166,7 +166,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         numbers: the simulated Gaussian methods (as one stage), each NIFTy method on the
         simulated and on the real data, and the exact reference's SBC. A run killed midway
         and given the same mapping again (e.g. a
-        :meth:`~nifty_fishernet.cache.ResultCache.view`, kept on disk) resumes after its
+        :meth:`~nifty_fishernet.cache.ResultCache.stages`, kept on disk) resumes after its
         last finished stage with the result a single run gives. The caller keys it to
         everything the rows depend on (model, images, these arguments).
 
@@ -200,9 +200,9 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
            "n_simulated": int(n_simulated), "n_real": int(n_real), "simulated": {}, "real": {}}
     truth, x = simulate(model, n_simulated, seed)
     with_reference = model.latent_dim > 3 and int(n_reference) > 0
-    steps = (len(methods) + len(nifty) + int(with_reference)
+    total = (len(methods) + len(nifty) + int(with_reference)
              + (1 + len(nifty) if n_real else 0))
-    bar = tqdm(total=steps,
+    bar = tqdm(total=total,
                desc=f"calibration {type(model).__name__} d={model.latent_dim}",
                disable=not progress, leave=False)
     with torch.no_grad():
