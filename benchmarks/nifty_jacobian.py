@@ -1,5 +1,5 @@
 """Seconds of MGVI and geoVI on a ConvVAE's decoder: one Jacobian per point against one
-decoder pass per Jacobian product.
+decoder pass per Jacobian product, and the decoder in float32 against float64.
 
 NIFTy applies the decoder's Jacobian (and its adjoint) many times at each point: every
 conjugate-gradient step of the sampling and of the KL's Newton steps, and, in geoVI, every
@@ -9,9 +9,12 @@ otherwise) and applies them as batched matrix products; the baseline is the same
 plain :class:`~nifty_fishernet.nifty.TorchOperator`, which makes one ``torch.func.jvp`` pass
 per product and reuses one reverse-mode pass for the adjoints. Both run the same problem
 (Gaussian likelihood with the model's learned noise, the encoder's mean as start, the same
-seed and the package's default minimizers) in the same process; printed per method: the
-seconds of each, their ratio, and how far the two posterior means lie apart in posterior
-standard deviations (they differ only by rounding).
+seed and the package's default minimizers) in the same process. A third run evaluates the
+decoder in float32 (``decoder_operator(..., dtype=torch.float32)``; NIFTy's fields stay
+float64): oneDNN, torch's fast CPU convolutions, has no float64 kernels. Printed per method:
+the seconds of each, the ratios to the row-Jacobian float64 run, how far each posterior mean
+lies from that run's, in its posterior standard deviations, and the largest relative change
+of a posterior standard deviation (float64: rounding only).
 
     OMP_NUM_THREADS=1 python benchmarks/nifty_jacobian.py --checkpoint PATH [--images 1]
         [--methods mgvi geovi]
@@ -90,16 +93,22 @@ def main(argv=None):
           f"{args.n_samples} sample pairs, {args.iterations} KL iterations")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread, NIFTy {nf.nifty.NIFTY}")
-    print(f"{'method':>7} {'per-product pass (s)':>21} {'row Jacobian (s)':>17} "
-          f"{'ratio':>6} {'mean shift / sigma':>19}")
+    print(f"{'method':>7} {'decoder':>32} {'seconds':>8} {'ratio':>6} "
+          f"{'mean shift / sigma':>19} {'sigma change':>13}")
     for method in args.methods:
-        baseline, old = run(model, images, per_product_operator(model, args.images), method,
-                            args)
-        fast, new = run(model, images, decoder_operator(model, args.images), method, args)
-        sigma = np.sqrt(np.diagonal(new.covariance, axis1=-2, axis2=-1))
-        shift = float(np.max(np.abs(old.mean - new.mean) / sigma))
-        print(f"{method:>7} {baseline:21.1f} {fast:17.1f} {baseline / fast:5.1f}x "
-              f"{shift:19.1e}")
+        paths = {"per-product pass, float64": per_product_operator(model, args.images),
+                 "row Jacobian, float64": decoder_operator(model, args.images),
+                 "row Jacobian, float32": decoder_operator(model, args.images,
+                                                           dtype=torch.float32)}
+        runs = {name: run(model, images, operator, method, args)
+                for name, operator in paths.items()}
+        seconds, reference = runs["row Jacobian, float64"]
+        sigma = np.sqrt(np.diagonal(reference.covariance, axis1=-2, axis2=-1))
+        for name, (took, result) in runs.items():
+            shift = float(np.max(np.abs(result.mean - reference.mean) / sigma))
+            spread = np.sqrt(np.diagonal(result.covariance, axis1=-2, axis2=-1)) / sigma
+            print(f"{method:>7} {name:>32} {took:8.1f} {took / seconds:5.2f}x "
+                  f"{shift:19.1e} {float(np.max(np.abs(spread - 1))):13.1e}")
 
 
 if __name__ == "__main__":
