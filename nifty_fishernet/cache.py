@@ -108,8 +108,9 @@ class StageRecords:
     """``{stage name: JSON-able record}`` kept in a :class:`ResultCache`, one file per stage
     (``<label>_stage-<name>_<key[:16]>.json``), written as each stage finishes.
 
-    Supports ``name in records``, ``records[name]`` and ``records[name] = value``; an
-    unreadable or corrupt file counts as missing (the stage runs again).
+    Supports ``records.get(name)`` (None if missing), ``name in records``,
+    ``records[name]`` and ``records[name] = value``; an unreadable or corrupt file counts as
+    missing (the stage runs again).
     """
 
     def __init__(self, cache, label, key):
@@ -118,11 +119,14 @@ class StageRecords:
     def _label(self, name):
         return f"{self.label}_stage-{str(name).replace(' ', '-')}"
 
+    def get(self, name):
+        return self.cache.get(self._label(name), self.key)
+
     def __contains__(self, name):
-        return self.cache.get(self._label(name), self.key) is not None
+        return self.get(name) is not None
 
     def __getitem__(self, name):
-        value = self.cache.get(self._label(name), self.key)
+        value = self.get(name)
         if value is None:
             raise KeyError(name)
         return value

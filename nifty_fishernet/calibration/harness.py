@@ -161,7 +161,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     progress : bool
         Show a progress bar over the stages.
     finished : MutableMapping, optional
-        Rows of stages already measured, by stage name (e.g. ``"simulated mgvi"``), read
+        Rows of stages already measured (read with ``get``), by stage name (e.g. ``"simulated mgvi"``), read
         before and written after each stage whose rows do not depend on another's random
         numbers: the simulated Gaussian methods (as one stage), each NIFTy method on the
         simulated and on the real data, and the exact reference's SBC. A run killed midway
@@ -212,10 +212,11 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
 
     def stage(name, measure, steps=1):
         # a stage's rows are measured once and kept in ``finished``
-        if name not in finished:
-            finished[name] = jsonable(measure())
+        rows = finished.get(name)
+        if rows is None:
+            rows = finished[name] = jsonable(measure())
         bar.update(steps)
-        return finished[name]
+        return rows
 
     def gaussian_rows():
         # one stage: the methods draw from one generator in turn

@@ -71,30 +71,29 @@ def model_figures(trained, densities, test_x, test_labels, seed, out, cells=None
     if not dims:
         return written
 
-    def figure(path, shown, draw):
-        """Draw ``path`` (a path or a tuple of them; ``draw`` returns what it wrote) if every
-        model of ``shown`` (``[(name, d)]``) is at hand, else keep the files there are."""
+    def figure(paths, shown, draw):
+        """Write the files ``paths`` by ``draw()`` if every model of ``shown``
+        (``[(name, d)]``) is at hand, else keep those of them there are."""
         if shown and all(d in trained.get(name, {}) for name, d in shown):
-            drawn = draw()
-            written.extend(drawn if isinstance(drawn, list) else [drawn])
+            draw()
+            written.extend(paths)
         else:
-            written.extend(p for p in (path if isinstance(path, tuple) else (path,))
-                           if p.exists())
+            written.extend(path for path in paths if path.exists())
 
     every = [(name, d) for d in dims for name, by_dim in cells.items() if d in by_dim]
-    figure(out / "reconstructions.png", every, lambda: plotting.plot_image_rows(
+    figure([out / "reconstructions.png"], every, lambda: plotting.plot_image_rows(
         {"test images": test_x[:10]} | {
             f"{name} d={d}": decode_latents(trained[name][d],
                                             encode_means(trained[name][d], test_x[:10]))
             for name, d in every}, out / "reconstructions.png"))
     two = [name for name, by_dim in cells.items() if 2 in by_dim]
-    figure(out / "fig4_latent_means_d2.png", [(name, 2) for name in two],
+    figure([out / "fig4_latent_means_d2.png"], [(name, 2) for name in two],
            lambda: plotting.plot_latent_means(
                {name: encode_means(trained[name][2], test_x) for name in two},
                test_labels, out / "fig4_latent_means_d2.png"))
     compared = [name for name in ("FisherNet", "VAE") if name in two]
     if compared:
-        figure(tuple(out / name for name in _FIG5_FIG6), [(name, 2) for name in compared],
+        figure([out / name for name in _FIG5_FIG6], [(name, 2) for name in compared],
                lambda: _fig5_fig6({name: trained[name][2] for name in compared}, test_x,
                                   test_labels, out))
     rng = np.random.default_rng(seed)
@@ -102,7 +101,7 @@ def model_figures(trained, densities, test_x, test_labels, seed, out, cells=None
         normal = rng.standard_normal((10, d))
         path = out / f"{number}_normal_samples_d{d}.png"
         names = [name for name, by_dim in cells.items() if d in by_dim]
-        figure(path, [(name, d) for name in names], lambda: plotting.plot_image_rows(
+        figure([path], [(name, d) for name in names], lambda: plotting.plot_image_rows(
             {name: decode_latents(trained[name][d], normal) for name in names},
             path, f"decoded N(0,1) latents, d = {d}"))
     if "FisherNet" in cells:
@@ -124,7 +123,7 @@ def model_figures(trained, densities, test_x, test_labels, seed, out, cells=None
 
         # the densities are fitted by the part that measures the FisherNet's Table 1: a
         # part without them would replace its figure by the N(0,1) row alone
-        figure(path, [("FisherNet", d)] if found or not path.exists() else [], fig10)
+        figure([path], [("FisherNet", d)] if found or not path.exists() else [], fig10)
     return [path.name for path in written]
 
 
@@ -143,11 +142,11 @@ def _posteriors(models, images):
 
 def _fig5_fig6(compared, test_x, test_labels, out):
     """Fig. 5 (one image's ellipses, and reconstructions walked along the posterior's axes) and
-    Fig. 6 (ellipses of 150 shoes)."""
+    Fig. 6 (ellipses of 150 shoes), written as the files named in ``_FIG5_FIG6``."""
     posteriors = _posteriors(compared, test_x[:1])
-    written = [plotting.plot_uncertainty_ellipses(
+    plotting.plot_uncertainty_ellipses(
         {name: (mu.numpy(), cov.numpy()) for name, (mu, cov) in posteriors.items()},
-        out / "fig5_ellipses_one_image.png")]
+        out / "fig5_ellipses_one_image.png")
     rows = {"test image": test_x[:1]}
     for name, (mu, cov) in posteriors.items():
         std, axes = principal_axes(cov[0])
@@ -155,12 +154,11 @@ def _fig5_fig6(compared, test_x, test_labels, out):
             steps = torch.stack([mu[0] + s * std[axis] * axes[:, axis] for s in (-2, -1, 0, 1, 2)])
             rows[f"{name} axis {axis + 1} (-2..2 sigma)"] = decode_latents(compared[name],
                                                                           steps.numpy())
-    written.append(plotting.plot_image_rows(
+    plotting.plot_image_rows(
         rows, out / "fig5_reconstructions_along_axes.png",
-        "reconstructions at -2, -1, 0, +1, +2 sigma along the posterior's axes"))
+        "reconstructions at -2, -1, 0, +1, +2 sigma along the posterior's axes")
     shoes = np.flatnonzero(np.isin(test_labels, (5, 7, 9)))[:150]
     posteriors = _posteriors(compared, test_x[shoes])
-    written.append(plotting.plot_uncertainty_ellipses(
+    plotting.plot_uncertainty_ellipses(
         {name: (mu.numpy(), cov.numpy()) for name, (mu, cov) in posteriors.items()},
-        out / "fig6_shoe_ellipses.png", classes=(5, 7, 9), labels=test_labels[shoes]))
-    return written
+        out / "fig6_shoe_ellipses.png", classes=(5, 7, 9), labels=test_labels[shoes])
