@@ -1,5 +1,6 @@
 """Seconds of MGVI and geoVI on a ConvVAE's decoder: one Jacobian per point against one
-decoder pass per Jacobian product, and the decoder in float32 against float64.
+decoder pass per Jacobian product, convolutions summed tap by tap against torch's float64
+ones, and the decoder in float32 against float64.
 
 NIFTy applies the decoder's Jacobian (and its adjoint) many times at each point: every
 conjugate-gradient step of the sampling and of the KL's Newton steps, and, in geoVI, every
@@ -7,17 +8,22 @@ step of the nonlinear sample updates. ``nifty_fishernet.nifty.decoder_operator``
 per-datum Jacobians once per point (fused for this package's MLPs, by forward-mode autodiff
 otherwise) and applies them as batched matrix products; the baseline is the same decoder as a
 plain :class:`~nifty_fishernet.nifty.TorchOperator`, which makes one ``torch.func.jvp`` pass
-per product and reuses one reverse-mode pass for the adjoints. Both run the same problem
-(Gaussian likelihood with the model's learned noise, the encoder's mean as start, the same
-seed and the package's default minimizers) in the same process. A third run evaluates the
-decoder in float32 (``decoder_operator(..., dtype=torch.float32)``; NIFTy's fields stay
-float64): oneDNN, torch's fast CPU convolutions, has no float64 kernels. Printed per method:
-the seconds of each, the ratios to the row-Jacobian float64 run, how far each posterior mean
-lies from that run's, in its posterior standard deviations, and the largest relative change
-of a posterior standard deviation (float64: rounding only).
+per product and reuses one reverse-mode pass for the adjoints. In float64 on the CPU
+``decoder_operator`` sums the last convolution (to one channel) tap by tap
+(:func:`nifty_fishernet.models.tap_convolutions`); "torch conv" is the same row-Jacobian
+operator on a plain float64 copy of the decoder. A last run evaluates the decoder in float32
+(``decoder_operator(..., dtype=torch.float32)``; NIFTy's fields stay float64): oneDNN, torch's
+fast CPU convolutions, has no float64 kernels. All run the same problem (Gaussian likelihood
+with the model's learned noise, the encoder's mean as start, the same seed and the package's
+default minimizers) in the same process. Printed first: one decoder pass and one row Jacobian
+at ``--pass-batch`` latent points (200: the calibration's batch), torch's convolutions against
+the tap sums; then per method: the seconds of each decoder, the ratios to the package's
+float64 operator, how far each posterior mean lies from that run's, in its posterior
+standard deviations, and the largest relative change of a posterior standard deviation
+(float64: rounding only).
 
     OMP_NUM_THREADS=1 python benchmarks/nifty_jacobian.py --checkpoint PATH [--images 1]
-        [--methods mgvi geovi]
+        [--methods mgvi geovi] [--decoders per-product torch-conv tap-conv float32]
 
 ``PATH``: a trained ConvVAE checkpoint (e.g. one of ``docs/results/paper/models/``);
 without one a ConvVAE with its initial weights is used, whose posterior is nearly the prior
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import platform
 import time
 
@@ -35,8 +42,17 @@ import numpy as np
 import torch
 
 import nifty_fishernet as nf
+from nifty_fishernet.models import tap_convolutions
 from nifty_fishernet.nifty import (LATENT_KEY, TorchOperator, decoder_operator,
                                    encoder_position, ift, infer_latents)
+
+#: The decoders compared: ``--decoders`` name -> printed label
+DECODERS = {
+    "per-product": "per-product pass, float64",
+    "torch-conv": "row Jacobian, float64, torch conv",
+    "tap-conv": "row Jacobian, float64",
+    "float32": "row Jacobian, float32"}
+REFERENCE = "tap-conv"
 
 
 def parse_args(argv=None):
@@ -51,15 +67,69 @@ def parse_args(argv=None):
                         help="antithetic sample pairs (the calibration's default at d <= 8)")
     parser.add_argument("--iterations", type=int, default=3,
                         help="KL iterations (the calibration's default)")
+    parser.add_argument("--decoders", nargs="+", choices=list(DECODERS), default=list(DECODERS),
+                        help="decoders to run (the package's, tap-conv, always runs)")
+    parser.add_argument("--pass-batch", type=int, default=200,
+                        help="latent points of the single decoder pass and Jacobian timed")
     return parser.parse_args(argv)
 
 
+def plain_float64_decoder(model):
+    """The decoder in float64 with torch's own convolutions, gradients off."""
+    return copy.deepcopy(model.decoder).to(torch.float64).eval().requires_grad_(False)
+
+
 def per_product_operator(model, batch):
-    """The baseline: the decoder in float64 as a plain TorchOperator (no row Jacobian)."""
-    decoder = copy.deepcopy(model.decoder).to(torch.float64).eval().requires_grad_(False)
+    """The first baseline: the plain float64 decoder as a TorchOperator (no row Jacobian)."""
     latent = ift.UnstructuredDomain((batch, model.latent_dim))
     target = ift.UnstructuredDomain((batch, model.data_dim))
-    return TorchOperator(latent, target, decoder, dtype=torch.float64).ducktape(LATENT_KEY)
+    return TorchOperator(latent, target, plain_float64_decoder(model),
+                         dtype=torch.float64).ducktape(LATENT_KEY)
+
+
+def torch_conv_operator(model, batch):
+    """The second baseline: row Jacobians of the plain float64 decoder."""
+    decoder = plain_float64_decoder(model)
+    latent = ift.UnstructuredDomain((batch, model.latent_dim))
+    target = ift.UnstructuredDomain((batch, model.data_dim))
+    return TorchOperator(latent, target, decoder, dtype=torch.float64,
+                         row_jacobian=functools.partial(nf.decoder_jacobian, decoder,
+                                                        method="autodiff")
+                         ).ducktape(LATENT_KEY)
+
+
+def operator(model, batch, name):
+    if name == "per-product":
+        return per_product_operator(model, batch)
+    if name == "torch-conv":
+        return torch_conv_operator(model, batch)
+    return decoder_operator(model, batch,
+                            dtype=torch.float32 if name == "float32" else torch.float64)
+
+
+def seconds(function, repeats=3):
+    function()
+    began = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - began) / repeats
+
+
+def time_passes(model, batch):
+    """One decoder pass and one row Jacobian at ``batch`` points: torch conv vs tap sums."""
+    plain = plain_float64_decoder(model)
+    tapped = tap_convolutions(plain)
+    z = torch.randn(batch, model.latent_dim, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = float((plain(z) - tapped(z)).abs().max())
+        passes = [seconds(lambda: decoder(z)) for decoder in (plain, tapped)]
+    jacobians = [seconds(lambda: nf.decoder_jacobian(decoder, z, method="autodiff"))
+                 for decoder in (plain, tapped)]
+    print(f"# float64 at B = {batch}: decoder pass {passes[0]:.3f} s (torch conv) -> "
+          f"{passes[1]:.3f} s (tap sums), {passes[0] / passes[1]:.2f}x; row Jacobian "
+          f"{jacobians[0]:.3f} -> {jacobians[1]:.3f} s, {jacobians[0] / jacobians[1]:.2f}x; "
+          f"largest difference {difference:.1e}")
 
 
 def run(model, images, operator, method, args):
@@ -93,21 +163,19 @@ def main(argv=None):
           f"{args.n_samples} sample pairs, {args.iterations} KL iterations")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread, NIFTy {nf.nifty.NIFTY}")
-    print(f"{'method':>7} {'decoder':>32} {'seconds':>8} {'ratio':>6} "
+    time_passes(model, args.pass_batch)
+    print(f"{'method':>7} {'decoder':>34} {'seconds':>8} {'ratio':>6} "
           f"{'mean shift / sigma':>19} {'sigma change':>13}")
+    names = [name for name in DECODERS if name in args.decoders or name == REFERENCE]
     for method in args.methods:
-        paths = {"per-product pass, float64": per_product_operator(model, args.images),
-                 "row Jacobian, float64": decoder_operator(model, args.images),
-                 "row Jacobian, float32": decoder_operator(model, args.images,
-                                                           dtype=torch.float32)}
-        runs = {name: run(model, images, operator, method, args)
-                for name, operator in paths.items()}
-        seconds, reference = runs["row Jacobian, float64"]
+        runs = {name: run(model, images, operator(model, args.images, name), method, args)
+                for name in names}
+        took_reference, reference = runs[REFERENCE]
         sigma = np.sqrt(np.diagonal(reference.covariance, axis1=-2, axis2=-1))
         for name, (took, result) in runs.items():
             shift = float(np.max(np.abs(result.mean - reference.mean) / sigma))
             spread = np.sqrt(np.diagonal(result.covariance, axis1=-2, axis2=-1)) / sigma
-            print(f"{method:>7} {name:>32} {took:8.1f} {took / seconds:5.2f}x "
+            print(f"{method:>7} {DECODERS[name]:>34} {took:8.1f} {took / took_reference:5.2f}x "
                   f"{shift:19.1e} {float(np.max(np.abs(spread - 1))):13.1e}")
 
 

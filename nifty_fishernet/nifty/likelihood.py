@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..fisher import decoder_jacobian
+from ..models.tap_conv import tap_convolutions
 from .compat import describe, ift, is_field, values
 from .noise import noise_inverse_covariance
 from .operator import TorchOperator
@@ -32,17 +33,21 @@ def _require_eval(model):
                            f"so that its decoder is a fixed function during inference")
 
 
-def _frozen(decoder, dtype):
+def _frozen(decoder, dtype, device):
     """A copy of ``decoder`` in ``dtype`` with gradients off.
 
     A copy, so that the caller's model keeps its dtype and trainability, and the NIFTy
-    operator (which caches linearizations) sees fixed weights.
+    operator (which caches linearizations) sees fixed weights. In float64 on the CPU its
+    convolutions to few channels are summed tap by tap (:func:`~nifty_fishernet.models.tap_convolutions`;
+    the same sums, without torch's slow float64 fallback).
     """
     if isinstance(decoder, torch.nn.Module):
         parameters = list(decoder.parameters())
         decoder = copy.deepcopy(decoder)
         if parameters and parameters[0].dtype != dtype:
             decoder = decoder.to(dtype)
+        if dtype == torch.float64 and torch.device(device).type == "cpu":
+            decoder = tap_convolutions(decoder)
         for p in decoder.parameters():
             p.requires_grad_(False)
     return decoder
@@ -134,7 +139,7 @@ def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device, image_
     batch = check_batch(batch)
     latent = ift.UnstructuredDomain((batch, int(latent_dim)))
     flat = decoder_target(batch, data_dim)
-    decoder = _frozen(decoder, dtype)
+    decoder = _frozen(decoder, dtype, device)
     # Per-datum Jacobians once per point, d x k each: in one fused pass where the decoder has
     # one (this package's MLPs), else by forward-mode autodiff (a ConvVAE's); every Jacobian
     # product MGVI and geoVI apply at the point is then a batched matrix product, not a pass
