@@ -15,12 +15,14 @@ operator on a plain float64 copy of the decoder. A last run evaluates the decode
 (``decoder_operator(..., dtype=torch.float32)``; NIFTy's fields stay float64): oneDNN, torch's
 fast CPU convolutions, has no float64 kernels. All run the same problem (Gaussian likelihood
 with the model's learned noise, the encoder's mean as start, the same seed and the package's
-default minimizers) in the same process. Printed first: one decoder pass and one row Jacobian
-at ``--pass-batch`` latent points (200: the calibration's batch), torch's convolutions against
-the tap sums; then per method: the seconds of each decoder, the ratios to the package's
-float64 operator, how far each posterior mean lies from that run's, in its posterior
-standard deviations, and the largest relative change of a posterior standard deviation
-(float64: rounding only).
+default minimizers) in the same process, first with glibc's default malloc, then the
+package's operator again after :func:`nifty_fishernet.memory.keep_freed_memory` (which the
+Fashion-MNIST job calls; it cannot be undone within a process). Printed first: one decoder
+pass and one row Jacobian at ``--pass-batch`` latent points (200: the calibration's batch),
+torch's convolutions and the tap sums, under both mallocs; then per method: the seconds of
+each decoder, the ratios to the package's float64 operator under the default malloc, how far
+each posterior mean lies from that run's, in its posterior standard deviations, and the
+largest relative change of a posterior standard deviation (float64: rounding only).
 
     OMP_NUM_THREADS=1 python benchmarks/nifty_jacobian.py --checkpoint PATH [--images 1]
         [--methods mgvi geovi] [--decoders per-product torch-conv tap-conv float32]
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 import nifty_fishernet as nf
+from nifty_fishernet.memory import keep_freed_memory
 from nifty_fishernet.models import tap_convolutions
 from nifty_fishernet.nifty import (LATENT_KEY, TorchOperator, decoder_operator,
                                    encoder_position, ift, infer_latents)
@@ -51,8 +54,11 @@ DECODERS = {
     "per-product": "per-product pass, float64",
     "torch-conv": "row Jacobian, float64, torch conv",
     "tap-conv": "row Jacobian, float64",
-    "float32": "row Jacobian, float32"}
+    "float32": "row Jacobian, float32",
+    "kept-memory": "row Jacobian, float64, kept memory"}
 REFERENCE = "tap-conv"
+#: The package's operator again after :func:`~nifty_fishernet.memory.keep_freed_memory`
+KEPT = "kept-memory"
 
 
 def parse_args(argv=None):
@@ -67,7 +73,8 @@ def parse_args(argv=None):
                         help="antithetic sample pairs (the calibration's default at d <= 8)")
     parser.add_argument("--iterations", type=int, default=3,
                         help="KL iterations (the calibration's default)")
-    parser.add_argument("--decoders", nargs="+", choices=list(DECODERS), default=list(DECODERS),
+    parser.add_argument("--decoders", nargs="+", choices=[n for n in DECODERS if n != KEPT],
+                        default=[n for n in DECODERS if n != KEPT],
                         help="decoders to run (the package's, tap-conv, always runs)")
     parser.add_argument("--pass-batch", type=int, default=200,
                         help="latent points of the single decoder pass and Jacobian timed")
@@ -116,7 +123,8 @@ def seconds(function, repeats=3):
 
 
 def time_passes(model, batch):
-    """One decoder pass and one row Jacobian at ``batch`` points: torch conv vs tap sums."""
+    """Seconds of one decoder pass and one row Jacobian at ``batch`` points: torch's
+    convolutions and the tap sums."""
     plain = plain_float64_decoder(model)
     tapped = tap_convolutions(plain)
     z = torch.randn(batch, model.latent_dim, dtype=torch.float64,
@@ -126,10 +134,20 @@ def time_passes(model, batch):
         passes = [seconds(lambda: decoder(z)) for decoder in (plain, tapped)]
     jacobians = [seconds(lambda: nf.decoder_jacobian(decoder, z, method="autodiff"))
                  for decoder in (plain, tapped)]
-    print(f"# float64 at B = {batch}: decoder pass {passes[0]:.3f} s (torch conv) -> "
-          f"{passes[1]:.3f} s (tap sums), {passes[0] / passes[1]:.2f}x; row Jacobian "
-          f"{jacobians[0]:.3f} -> {jacobians[1]:.3f} s, {jacobians[0] / jacobians[1]:.2f}x; "
-          f"largest difference {difference:.1e}")
+    return passes, jacobians, difference
+
+
+def print_passes(batch, timings):
+    print(f"# float64 at B = {batch}, seconds of one decoder pass / one row Jacobian, and "
+          f"ratios to torch conv with glibc's default malloc:")
+    (base_pass, _), (base_jacobian, _), _ = timings["default malloc"]
+    for memory, ((plain_pass, tap_pass), (plain_jac, tap_jac), difference) in timings.items():
+        for name, took_pass, took_jac in (("torch conv", plain_pass, plain_jac),
+                                          ("tap sums", tap_pass, tap_jac)):
+            print(f"#   {memory:>15}, {name:>10}: pass {took_pass:.3f} s "
+                  f"({base_pass / took_pass:.2f}x), Jacobian {took_jac:.3f} s "
+                  f"({base_jacobian / took_jac:.2f}x)")
+    print(f"#   largest difference tap sums - torch conv: {difference:.1e}")
 
 
 def run(model, images, operator, method, args):
@@ -163,16 +181,26 @@ def main(argv=None):
           f"{args.n_samples} sample pairs, {args.iterations} KL iterations")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread, NIFTy {nf.nifty.NIFTY}")
-    time_passes(model, args.pass_batch)
+    names = [name for name in DECODERS if name in args.decoders or name == REFERENCE]
+    # glibc's default malloc first: keep_freed_memory cannot be undone in a process
+    runs = {(method, name): run(model, images, operator(model, args.images, name), method,
+                                args)
+            for method in args.methods for name in names}
+    timings = {"default malloc": time_passes(model, args.pass_batch)}
+    if keep_freed_memory():
+        timings["kept memory"] = time_passes(model, args.pass_batch)
+        for method in args.methods:
+            runs[method, KEPT] = run(model, images, operator(model, args.images, REFERENCE),
+                                     method, args)
+        names.append(KEPT)
+    print_passes(args.pass_batch, timings)
     print(f"{'method':>7} {'decoder':>34} {'seconds':>8} {'ratio':>6} "
           f"{'mean shift / sigma':>19} {'sigma change':>13}")
-    names = [name for name in DECODERS if name in args.decoders or name == REFERENCE]
     for method in args.methods:
-        runs = {name: run(model, images, operator(model, args.images, name), method, args)
-                for name in names}
-        took_reference, reference = runs[REFERENCE]
+        took_reference, reference = runs[method, REFERENCE]
         sigma = np.sqrt(np.diagonal(reference.covariance, axis1=-2, axis2=-1))
-        for name, (took, result) in runs.items():
+        for name in names:
+            took, result = runs[method, name]
             shift = float(np.max(np.abs(result.mean - reference.mean) / sigma))
             spread = np.sqrt(np.diagonal(result.covariance, axis1=-2, axis2=-1)) / sigma
             print(f"{method:>7} {DECODERS[name]:>34} {took:8.1f} {took / took_reference:5.2f}x "

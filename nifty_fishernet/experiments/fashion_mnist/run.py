@@ -82,6 +82,7 @@ from ...calibration import calibrate, recalibrate
 from ...data import load_fashion_mnist
 from ...distributed import distributed_session
 from ...evaluation import active_units, encode_means, sample_quality
+from ...memory import keep_freed_memory
 from ...io import jsonable
 from ...plotting import plot_calibration, plot_latent_density
 from ...training import resolve_device, train
@@ -329,6 +330,9 @@ def main(argv=None):
     out = args.out
     (out / "models").mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
+    # hours of the same large tensors made again: reuse freed memory instead of faulting in
+    # fresh pages for each (no effect on any number)
+    keep_freed_memory()
     # under torchrun: one training process per rank, the group left at the end
     with distributed_session(device) as context:
         return _run(args, argv, setting, device, context)
