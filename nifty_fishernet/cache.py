@@ -109,8 +109,8 @@ class StageRecords:
     (``<label>_stage-<name>_<key[:16]>.json``), written as each stage finishes.
 
     Supports ``records.get(name)`` (None if missing), ``name in records``,
-    ``records[name]`` and ``records[name] = value``; an unreadable or corrupt file counts as
-    missing (the stage runs again).
+    ``records[name]``, ``records[name] = value`` and :meth:`names`; an unreadable or corrupt
+    file counts as missing (the stage runs again). Stage names are words and spaces.
     """
 
     def __init__(self, cache, label, key):
@@ -118,6 +118,14 @@ class StageRecords:
 
     def _label(self, name):
         return f"{self.label}_stage-{str(name).replace(' ', '-')}"
+
+    def names(self):
+        """The names of the stages stored and readable, in the order they were written."""
+        prefix, suffix = f"{self.label}_stage-", f"_{self.key[:16]}.json"
+        paths = sorted(self.cache.folder.glob(f"{prefix}*{suffix}"),
+                       key=lambda path: path.stat().st_mtime)
+        names = [path.name[len(prefix):-len(suffix)].replace("-", " ") for path in paths]
+        return [name for name in names if self.get(name) is not None]
 
     def get(self, name):
         return self.cache.get(self._label(name), self.key)

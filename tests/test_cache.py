@@ -1,5 +1,7 @@
 """Keys of stored results change with every input that matters, and only with those."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,14 @@ def test_stage_records_keep_each_stage_and_treat_a_bad_file_as_missing(tmp_path)
     assert "simulated mgvi" not in cache.stages("calibration_VAE_d2", fingerprint("other"))
     assert "simulated mgvi" not in ResultCache(tmp_path / "c", force=True).stages(
         "calibration_VAE_d2", key)
+    records["simulated gaussian"] = {"coverage": {"68": 0.6}}
+    later = tmp_path / "c" / f"calibration_VAE_d2_stage-simulated-gaussian_{key[:16]}.json"
+    os.utime(path, (1e9, 1e9))
+    os.utime(later, (2e9, 2e9))
+    assert records.names() == ["simulated mgvi", "simulated gaussian"]  # in written order
+    assert cache.stages("calibration_VAE_d2", fingerprint("other")).names() == []
     path.write_text(path.read_text()[:20])  # cut short by a kill: the stage runs again
     with pytest.warns(RuntimeWarning, match="unreadable"):
         assert "simulated mgvi" not in records
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        assert records.names() == ["simulated gaussian"]

@@ -289,6 +289,43 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
         fm.main(["--paper", "--out", str(out), "--status"])
 
 
+def test_status_shows_the_weights_and_the_calibration_stages_a_part_resumes_from(
+        tmp_path, monkeypatch, capsys):
+    """A part killed in its calibration after the simulated stage: --status names the kept
+    stage; after the cell is recorded and its weights are gone, it says the part trains
+    anew."""
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--models", "FisherNet", "--calibration-sims", "10",
+            "--calibration-images", "2", "--no-calibration-nifty"] + TINY
+
+    def killed(*args, **kwargs):
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nf.calibration.harness, "exact_posterior", killed)
+        with pytest.raises(Interrupted):
+            fm.main(args)
+    capsys.readouterr()
+    [row] = fm.main(args + ["--status"])
+    assert row["gaps"] == ["training", "Table 1", "calibration"]
+    assert row["epochs"] == row["weights"] == 1
+    assert row["stages"] == ["simulated gaussian"]
+    assert "| trained; needs T1, cal (kept: simulated gaussian) |" in capsys.readouterr().out
+
+    fm.main(args)  # resumes after the stage and records the cell
+    [row] = fm.main(args + ["--status"])
+    assert row["gaps"] == [] and row["weights"] is None and row["stages"] == []
+    record = json.loads((out / "results.json").read_text())
+    del record["calibration"]["FisherNet"]["2"]["version"]  # an older harness's entry
+    (out / "results.json").write_text(json.dumps(record))
+    for path in (out / "models").iterdir():
+        path.unlink()
+    capsys.readouterr()
+    [row] = fm.main(args + ["--status"])
+    assert row["gaps"] == ["calibration (outdated)"] and row["weights"] is None
+    assert "| no weights (trains anew); needs cal (outdated) |" in capsys.readouterr().out
+
+
 def test_trained_model_path_is_where_the_main_job_writes(tmp_path):
     path = fm.trained_model_path("VAE", 3, "paper", seed=1, out=tmp_path)
     assert path.parent == tmp_path / "models" and path.name.startswith("VAE_d3_")

@@ -166,13 +166,22 @@ def status_markdown(rows, out, mode, epochs):
         if not row["gaps"]:
             return "done"
         needs = [short[gap] for gap in row["gaps"] if gap != "training"]
+        if row.get("stages"):
+            kept = ", ".join(row["stages"])
+            needs = [f"{need} (kept: {kept})" if need.startswith("cal") else need
+                     for need in needs]
         prefix = ""
+        weights = row.get("weights")
         if "training" in row["gaps"]:
             if row["epochs"] == epochs:
                 prefix = "trained; "  # finished weights, not yet in the record
             else:
                 needs.insert(0, "train")
                 prefix = f"{row['epochs']}/{epochs} ep; " if row["epochs"] else ""
+        elif needs and weights != epochs:
+            # recorded, but Table 1 or the calibration needs weights that are not all here
+            prefix = (f"weights {weights}/{epochs} ep; " if weights
+                      else "no weights (trains anew); ")
         return prefix + "needs " + ", ".join(needs) if needs else prefix.rstrip("; ")
 
     lines = [f"{out}, {mode} setting (ep: epochs trained so far; T1: Table 1; cal: "

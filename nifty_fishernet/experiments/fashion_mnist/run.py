@@ -268,8 +268,7 @@ def calibration(trained, test_x, setting, args):
             label = f"calibration_{name}_d{d}"
 
             def key_of(version):
-                return fingerprint("calibration", version, model, options, nifty, args.seed,
-                                   test_x[:options["n_real"]])
+                return calibration_key(model, name, setting, args.seed, test_x, version)
             key = key_of(CALIBRATION_VERSION)
             entry = cache.get(label, key)
             if entry is None:
@@ -295,6 +294,15 @@ def calibration(trained, test_x, setting, args):
             print(f"{name:>14} d={d:<2} coverage 68/95 %: " + "; ".join(
                 f"{m} {c['68']:.2f}/{c['95']:.2f}" for m, c in coverage.items()))
     return results
+
+
+def calibration_key(model, name, setting, seed, test_x, version=CALIBRATION_VERSION):
+    """The cache key of a model's calibration entry and of its finished stages: its weights,
+    the settings, the NIFTy methods, the seed and the real images it uses."""
+    options = setting["calibration"]
+    return fingerprint("calibration", version, model, options,
+                       setting["calibration_nifty"].get(name, []), seed,
+                       test_x[:options["n_real"]])
 
 
 def _older_entry(cache, label, key_of):
@@ -486,28 +494,44 @@ def grid_status(out, mode, setting, models, seed=0, sample_quality=True, calibra
     list of dict
         Per cell: ``model``, ``d``, ``gaps`` (:func:`~.merge.cell_gaps`; empty: complete),
         ``epochs`` (recorded, or those of a checkpoint in ``out/models`` that training would
-        resume from; 0 without either) and ``command``, the part that fills the gaps.
+        resume from; 0 without either), ``weights`` (for a cell with gaps: the epochs of its
+        checkpoint in ``out/models``, which Table 1 and the calibration need; None without
+        one), ``stages`` (the calibration stages kept for those weights, when finished:
+        the part resumes after them) and ``command``, the part that fills the gaps.
     """
     out = Path(out)
     record = read_record(out)
     if record is not None and record["mode"] != mode:
         raise RunMismatchError(f"{out} holds a {record['mode']!r} run, not a {mode!r} one")
     calibration_models = setting["calibration_models"] if calibration else []
+    cache, test_x = ResultCache(out / "cache"), None
     rows = []
     for name in models:
         for d in setting["dims"]:
             gaps = cell_gaps(record, name, d, sample_quality, calibration_models)
             cell = (record or {}).get("results", {}).get(name, {}).get(str(d))
             epochs = len(cell["history"]["epoch"]) if cell else 0
-            if "training" in gaps:
+            weights, stages = None, []
+            if gaps:  # training resumes from the weights, Table 1 and calibration need them
                 try:
                     saved = load_checkpoint(trained_model_path(name, d, setting, seed, out))
-                    epochs = len(saved.history.get("epoch", []))
                 except (FileNotFoundError, FileFormatError):
-                    pass
+                    saved = None
+                if saved is not None:
+                    weights = len(saved.history.get("epoch", []))
+                    if "training" in gaps:
+                        epochs = weights
+                    if weights == setting["epochs"] and any(
+                            gap.startswith("calibration") for gap in gaps):
+                        if test_x is None:
+                            test_x = load_fashion_mnist("test")[0]
+                        key = calibration_key(saved.model.cpu().eval(), name, setting, seed,
+                                              test_x)
+                        stages = cache.stages(f"calibration_{name}_d{d}", key).names()
             command = "OMP_NUM_THREADS=1 python demos/fashion_mnist.py " + shlex.join(
                 [f"--{mode}", "--models", name, "--dims", str(d), *options, "--out", str(out)])
-            rows.append(dict(model=name, d=int(d), gaps=gaps, epochs=epochs, command=command))
+            rows.append(dict(model=name, d=int(d), gaps=gaps, epochs=epochs, weights=weights,
+                             stages=stages, command=command))
     return rows
 
 
