@@ -37,17 +37,19 @@ def _frozen(decoder, dtype, device):
     """A copy of ``decoder`` in ``dtype`` with gradients off.
 
     A copy, so that the caller's model keeps its dtype and trainability, and the NIFTy
-    operator (which caches linearizations) sees fixed weights. In float64 on the CPU its
-    convolutions to few channels are summed tap by tap (:func:`~nifty_fishernet.models.tap_convolutions`;
-    the same sums, without torch's slow float64 fallback).
+    operator (which caches linearizations) sees fixed weights. In float64 on the CPU the
+    copy sums its convolutions to few channels tap by tap
+    (:func:`~nifty_fishernet.models.tap_convolutions`: the same sums, without torch's slow
+    float64 fallback).
     """
     if isinstance(decoder, torch.nn.Module):
         parameters = list(decoder.parameters())
-        decoder = copy.deepcopy(decoder)
-        if parameters and parameters[0].dtype != dtype:
-            decoder = decoder.to(dtype)
         if dtype == torch.float64 and torch.device(device).type == "cpu":
             decoder = tap_convolutions(decoder)
+        else:
+            decoder = copy.deepcopy(decoder)
+        if parameters and parameters[0].dtype != dtype:
+            decoder = decoder.to(dtype)
         for p in decoder.parameters():
             p.requires_grad_(False)
     return decoder
