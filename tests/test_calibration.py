@@ -872,3 +872,29 @@ def test_posterior_network_errors_name_the_problem():
     with pytest.raises(TypeError, match="callable"):
         cal.calibrate(model, np.zeros((1, 6)), methods={"bad": 3}, n_simulated=5, n_real=0,
                       progress=False)
+
+
+def test_energy_at_bounds_the_decoder_activations_per_call(monkeypatch):
+    """A wide decoder (a ConvVAE's) gets fewer draws per call where 2,048 draws of many
+    images would hold tens of GB: the energies stay those of unbounded calls."""
+    from nifty_fishernet.models import refine
+
+    torch.manual_seed(0)
+    model = nf.ConvVAE(2).double().eval()
+    per_row = refine.activation_bytes_per_row(model.decoder, 2, torch.float64, "cpu")
+    # the leaf outputs of one row: 448 + 3136 (twice, ReLU) + 64x14x14 (twice) + 32x14x14
+    # (twice) + 32x28x28 (twice) + 784 (three times) values of 8 bytes
+    assert per_row == 8 * (448 * 2 + 3136 * 2 + 3136 + 2 * 12544 + 2 * 6272 + 2 * 25088
+                           + 3 * 784)
+    x = torch.rand(3, 784, dtype=torch.float64)
+    points = torch.randn(50, 3, 2, dtype=torch.float64)
+    unbounded = refine.energy_at(model, x, points, 1.0, chunk=2048)
+    rows = []
+    hook = model.decoder.register_forward_hook(
+        lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    monkeypatch.setattr(refine, "MAX_ACTIVATION_BYTES", 7 * 3 * per_row)
+    bounded = refine.energy_at(model, x, points, 1.0, chunk=2048)
+    hook.remove()
+    assert rows[0] == 1  # the size probe
+    assert rows[1:] == [7 * 3] * 7 + [1 * 3]  # 50 draws of 3 images, 7 draws per call
+    torch.testing.assert_close(bounded, unbounded, rtol=1e-13, atol=1e-10)

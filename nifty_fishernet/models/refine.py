@@ -38,6 +38,7 @@ from ..fisher import latent_energy, newton_map
 __all__ = ["RefineOptions", "RefinedPosterior", "refine_posterior", "CORRECTIONS",
            "importance_sample", "ImportanceSample", "student_t_draws", "student_t_log_density",
            "weighted_moments", "other_modes", "search_modes", "energy_at",
+           "activation_bytes_per_row", "MAX_ACTIVATION_BYTES",
            "quasi_normals", "predictive_scale", "float32_matmul_precision",
            "MATMUL_PRECISIONS", "whiten"]
 
@@ -471,10 +472,41 @@ def predictive_scale(ess, dim):
     return (1 + 1 / n) * (n - 1) / (n - dim)
 
 
+#: The decoder activations one call of :func:`energy_at` may hold, in bytes: it bounds the
+#: draws per call where the decoder is wide (a ConvVAE holds some 60 times a dense decoder's
+#: values per decoded row; 2,048 draws of 200 images in one call took over 20 GB).
+MAX_ACTIVATION_BYTES = 4 * 2 ** 30
+
+
+def activation_bytes_per_row(decoder, latent_dim, dtype, device):
+    """Bytes of the outputs of all of ``decoder``'s leaf modules for one decoded row: an
+    upper bound of what a decoder call holds per row (without autograd)."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in decoder.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            decoder(torch.zeros(1, latent_dim, dtype=dtype, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(total, 1)
+
+
 def energy_at(model, x, points, precision, chunk):
-    """``E(z)`` ``(S, B)`` at points ``(S, B, d)`` for data ``x`` ``(B, k)``, ``chunk`` draws per
-    decoder call, in the points' dtype (the decoder runs in its own)."""
+    """``E(z)`` ``(S, B)`` at points ``(S, B, d)`` for data ``x`` ``(B, k)``, at most ``chunk``
+    draws per decoder call (fewer where their activations would exceed
+    :data:`MAX_ACTIVATION_BYTES`), in the points' dtype (the decoder runs in its own)."""
     out = torch.empty(points.shape[:2], dtype=points.dtype, device=points.device)
+    per_row = activation_bytes_per_row(model.decoder, points.shape[2], model.dtype,
+                                       points.device)
+    chunk = max(1, min(int(chunk), MAX_ACTIVATION_BYTES // (per_row * max(points.shape[1], 1))))
     with torch.no_grad():
         for start in range(0, points.shape[0], chunk):
             part = points[start:start + chunk]
