@@ -320,6 +320,10 @@ def _older_entry(cache, label, key_of):
 def main(argv=None):
     """Run the experiment (or one part of it) from a command line; returns the merged record.
 
+    A run (not ``--status`` or ``--report-only``) calls
+    :func:`~nifty_fishernet.memory.keep_freed_memory`, which holds for the rest of the calling
+    process.
+
     Parameters
     ----------
     argv : list of str, optional
