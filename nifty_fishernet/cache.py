@@ -110,7 +110,8 @@ class StageRecords:
 
     Supports ``records.get(name)`` (None if missing), ``name in records``,
     ``records[name]``, ``records[name] = value`` and :meth:`names`; an unreadable or corrupt
-    file counts as missing (the stage runs again). Stage names are words and spaces.
+    file counts as missing (the stage runs again). Stage names are words and spaces. A stage
+    whose result is not JSON (arrays) is kept by its owner in :meth:`file`.
     """
 
     def __init__(self, cache, label, key):
@@ -120,12 +121,25 @@ class StageRecords:
         return f"{self.label}_stage-{str(name).replace(' ', '-')}"
 
     def names(self):
-        """The names of the stages stored and readable, in the order they were written."""
-        prefix, suffix = f"{self.label}_stage-", f"_{self.key[:16]}.json"
-        paths = sorted(self.cache.folder.glob(f"{prefix}*{suffix}"),
+        """The names of the stages stored, in the order they were written: JSON records that
+        read back, and the stages kept in a :meth:`file` of their own (by existence)."""
+        prefix, tail = f"{self.label}_stage-", f"_{self.key[:16]}"
+        paths = sorted(self.cache.folder.glob(f"{prefix}*{tail}.*"),
                        key=lambda path: path.stat().st_mtime)
-        names = [path.name[len(prefix):-len(suffix)].replace("-", " ") for path in paths]
-        return [name for name in names if self.get(name) is not None]
+        names = []
+        for path in paths:
+            name = path.name[len(prefix):-len(tail + path.suffix)].replace("-", " ")
+            if path.suffix != ".json" or self.get(name) is not None:
+                names.append(name)
+        return names
+
+    def file(self, name, suffix):
+        """The file of a stage whose result is kept in a format of its own (e.g. ``".h5"``
+        arrays): ``<label>_stage-<name>_<key[:16]><suffix>`` beside the JSON records."""
+        if not str(suffix).startswith(".") or suffix == ".json":
+            raise ValueError(f"suffix must be a file extension other than .json (the JSON "
+                             f"records'), got {suffix!r}")
+        return self.cache.path(self._label(name), self.key, suffix)
 
     def get(self, name):
         return self.cache.get(self._label(name), self.key)

@@ -83,3 +83,15 @@ def test_stage_records_keep_each_stage_and_treat_a_bad_file_as_missing(tmp_path)
         assert "simulated mgvi" not in records
     with pytest.warns(RuntimeWarning, match="unreadable"):
         assert records.names() == ["simulated gaussian"]
+    # a stage kept in a file of its own (arrays) is named by the file's existence
+    kept = records.file("real exact reference", ".h5")
+    assert kept == tmp_path / "c" / f"calibration_VAE_d2_stage-real-exact-reference_{key[:16]}.h5"
+    kept.write_bytes(b"arrays")
+    os.utime(kept, (3e9, 3e9))
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        assert records.names() == ["simulated gaussian", "real exact reference"]
+    assert "real exact reference" not in cache.stages("calibration_VAE_d2",
+                                                      fingerprint("other")).names()
+    for suffix in (".json", "h5"):
+        with pytest.raises(ValueError, match="extension other than .json"):
+            records.file("real exact reference", suffix)

@@ -2,7 +2,9 @@
 and each other."""
 
 import copy
+import dataclasses
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 import nifty_fishernet as nf
 from nifty_fishernet import calibration as cal
 from nifty_fishernet.cache import ResultCache, fingerprint
+from nifty_fishernet.errors import FileFormatError
 from nifty_fishernet.io import jsonable
 from nifty_fishernet.models import GaussianNoise
 from conftest import random_fishernet
@@ -254,6 +257,77 @@ def test_exact_posterior_matches_the_closed_form(method):
     # the exact covariance equals M^{-1} here: every generalised eigenvalue is 1
     eigenvalues = cal.lower_bound_eigenvalues(exact.covariance, exact.laplace_covariance)
     assert np.allclose(eigenvalues, 1, atol=2 * tol)
+
+
+@pytest.mark.parametrize("method", ["grid", "importance"])
+def test_exact_posterior_round_trips_through_its_file_and_a_bad_file_is_named(tmp_path,
+                                                                               method):
+    model = random_fishernet(latent_dim=2, data_dim=12, xi=-2.0, gain=2.0, seed=1)
+    _, x = cal.simulate(model, 5, seed=0)
+    exact = cal.exact_posterior(model, x, method=method, grid_points=21, n_draws=256)
+    path = tmp_path / "exact.h5"
+    cal.save_exact_posterior(path, exact, key="model and images")
+    for key in (None, "model and images"):
+        back = cal.load_exact_posterior(path, key=key)
+        for field in dataclasses.fields(cal.ExactPosterior):
+            want, got = getattr(exact, field.name), getattr(back, field.name)
+            if isinstance(want, torch.Tensor):
+                assert got.dtype == want.dtype and torch.equal(got, want), field.name
+            else:
+                assert got == want, field.name
+    assert (back.edge_mass is None) == (method == "importance")
+    assert (back.ess is None) == (method == "grid")
+    with pytest.raises(FileFormatError, match="exact posterior of other data"):
+        cal.load_exact_posterior(path, key="another model")
+    with pytest.raises(FileNotFoundError, match="no exact posterior file"):
+        cal.load_exact_posterior(tmp_path / "missing.h5")
+    with pytest.raises(TypeError, match="must be an ExactPosterior"):
+        cal.save_exact_posterior(path, {"points": exact.points})
+    with h5py.File(path, "r+") as f:  # one weight changed after writing
+        f["tensors/log_weights"][0] += 1.0
+    with pytest.raises(FileFormatError, match="does not match its integrity hash"):
+        cal.load_exact_posterior(path)
+    nf.save(tmp_path / "model.h5", model)
+    with pytest.raises(FileFormatError, match="not a nifty_fishernet exact posterior file"):
+        cal.load_exact_posterior(tmp_path / "model.h5")
+    # tensors that do not fit together (written as a file of this format would be)
+    exact.covariance = exact.covariance[:-1]
+    cal.save_exact_posterior(path, exact)
+    with pytest.raises(FileFormatError, match=r"covariance \(4, 2, 2\) \(expected \(5, 2, 2\)\)"):
+        cal.load_exact_posterior(path)
+
+
+def test_a_resumed_calibration_reads_the_exact_reference_of_the_real_images_back(tmp_path):
+    model = random_fishernet(latent_dim=4, data_dim=12, xi=-2.0, gain=2.0, seed=3)
+    _, images = cal.simulate(model, 8, seed=9)
+    options = dict(n_simulated=40, n_real=8, n_reference=0, progress=False,
+                   exact_options=dict(n_draws=512))
+    calls = []
+    model.decoder.register_forward_hook(lambda module, args, out: calls.append(len(out)))
+
+    def run(**kw):
+        calls.clear()
+        return _without_seconds(cal.calibrate(model, images.numpy(), **options, **kw)), sum(calls)
+
+    plain, rows_plain = run()
+    path = tmp_path / "reference.h5"
+    first, rows_first = run(reference_file=path)
+    assert path.is_file() and first == plain and rows_first == rows_plain
+    kept = cal.load_exact_posterior(path)
+    assert kept.method == "importance" and kept.points.shape[1:] == (8, 4)
+    again, rows_again = run(reference_file=path)
+    # the same result, without the reference's decoder calls (512 draws per image per round)
+    assert again == plain and rows_again < rows_plain - 8 * 512
+    # another model's file, or a damaged one, is computed again (with a warning) and replaced
+    other = random_fishernet(latent_dim=4, data_dim=12, xi=-2.0, gain=2.0, seed=4)
+    with pytest.warns(RuntimeWarning, match="exact posterior of other data"):
+        cal.calibrate(other, images.numpy(), **options, reference_file=path)
+    with pytest.warns(RuntimeWarning, match="exact posterior of other data"):
+        assert run(reference_file=path) == (plain, rows_plain)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.warns(RuntimeWarning, match="truncated or corrupt"):
+        assert run(reference_file=path) == (plain, rows_plain)
+    assert run(reference_file=path) == (plain, rows_again)
 
 
 def test_importance_sampling_matches_the_grid_on_a_nonlinear_decoder():

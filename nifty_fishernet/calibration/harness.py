@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..cache import fingerprint
+from ..errors import FileFormatError
 from ..io import jsonable
-from .exact import compare_to_exact, exact_mass_below, exact_posterior, lower_bound_eigenvalues
+from .exact import (compare_to_exact, exact_mass_below, exact_posterior, load_exact_posterior,
+                    lower_bound_eigenvalues, save_exact_posterior)
 from .sbc import (LEVELS, gaussian_coverage, hpd_ranks, rank_histogram, sample_coverage,
                   sbc_ranks, simulate)
 
@@ -123,7 +127,8 @@ def _summaries(model, method):
 
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
               n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256,
-              exact_options=None, nifty_options=None, progress=True, finished=None):
+              exact_options=None, nifty_options=None, progress=True, finished=None,
+              reference_file=None):
     """Measure how honest each posterior approximation of ``model`` is.
 
     Parameters
@@ -169,6 +174,13 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         :meth:`~nifty_fishernet.cache.ResultCache.stages`, kept on disk) resumes after its
         last finished stage with the result a single run gives. The caller keys it to
         everything the rows depend on (model, images, these arguments).
+    reference_file : path-like, optional
+        An HDF5 file that keeps the exact posterior of the real images
+        (:func:`~.exact.save_exact_posterior`): read back where it holds the one of this
+        model, these images and ``exact_options``, else computed and written there (a file
+        of other data or a damaged one is recomputed, with a warning). With ``finished``, a
+        part killed in a NIFTy stage on the real images resumes without computing it again
+        (20 minutes or more for a ConvVAE on 200 images).
 
     Returns
     -------
@@ -295,8 +307,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     if n_real:
         real = torch.as_tensor(np.asarray(real_images[:n_real]), dtype=model.dtype,
                                device=model.device)
-        refined = model.refined_posterior(real)
-        exact = exact_posterior(model, real, refined=refined, **options)
+        exact = _real_reference(model, real, options, reference_file)
         out["real"]["exact"] = {
             "method": exact.method,
             # modes the encoder's mean does not lead to: the reference is centred on the
@@ -343,6 +354,23 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         bar.update()
     bar.close()
     return out
+
+
+def _real_reference(model, real, options, path):
+    """The exact posterior of the real images, kept in the file ``path`` (None: not kept)."""
+    key = None
+    if path is not None:
+        key = fingerprint("exact posterior", model, real, options)
+        try:
+            return load_exact_posterior(path, key)
+        except FileNotFoundError:
+            pass
+        except FileFormatError as err:
+            warnings.warn(f"{err}; computing it again", RuntimeWarning, stacklevel=3)
+    exact = exact_posterior(model, real, refined=model.refined_posterior(real), **options)
+    if path is not None:
+        save_exact_posterior(path, exact, key)
+    return exact
 
 
 def recalibrate(model, real_images, entry, methods=None, seed=0, **options):

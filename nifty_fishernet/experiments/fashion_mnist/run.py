@@ -276,8 +276,12 @@ def calibration(trained, test_x, setting, args):
                 older = _older_entry(cache, label, key_of)
                 if older is None:
                     # each finished stage is kept: a killed part resumes after it
+                    stages = cache.stages(label, key)
+                    reference = stages.file("real exact reference", ".h5")
+                    if cache.force:
+                        reference.unlink(missing_ok=True)
                     entry = calibrate(model, test_x, seed=args.seed, nifty=nifty,
-                                      finished=cache.stages(label, key), **options)
+                                      finished=stages, reference_file=reference, **options)
                     entry["seconds"] = time.perf_counter() - began
                 else:
                     # the NIFTy rows (most of a run's time) stay as measured
