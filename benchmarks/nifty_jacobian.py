@@ -11,9 +11,10 @@ plain :class:`~nifty_fishernet.nifty.TorchOperator`, which makes one ``torch.fun
 per product and reuses one reverse-mode pass for the adjoints. In float64 on the CPU
 ``decoder_operator`` sums the last convolution (to one channel) tap by tap
 (:func:`nifty_fishernet.models.tap_convolutions`); "torch conv" is the same row-Jacobian
-operator on a plain float64 copy of the decoder. A last run evaluates the decoder in float32
-(``decoder_operator(..., dtype=torch.float32)``; NIFTy's fields stay float64): oneDNN, torch's
-fast CPU convolutions, has no float64 kernels. All run the same problem (Gaussian likelihood
+operator on a plain float64 copy of the decoder. Two runs use float32, where oneDNN, torch's
+fast CPU convolutions, has kernels and float64 has none: the whole decoder
+(``decoder_operator(..., dtype=torch.float32)``; NIFTy's fields stay float64), and only its
+Jacobian (``jacobian_dtype=torch.float32``: values and energies in float64). All run the same problem (Gaussian likelihood
 with the model's learned noise, the encoder's mean as start, the same seed and the package's
 default minimizers) in the same process, first with glibc's default malloc, then the
 package's operator again after :func:`nifty_fishernet.memory.keep_freed_memory` (which the
@@ -25,7 +26,8 @@ each posterior mean lies from that run's, in its posterior standard deviations, 
 largest relative change of a posterior standard deviation (float64: rounding only).
 
     OMP_NUM_THREADS=1 python benchmarks/nifty_jacobian.py --checkpoint PATH [--images 1]
-        [--methods mgvi geovi] [--decoders per-product torch-conv tap-conv float32]
+        [--methods mgvi geovi]
+        [--decoders per-product torch-conv tap-conv float32 float32-jacobian]
 
 ``PATH``: a trained ConvVAE checkpoint (e.g. one of ``docs/results/paper/models/``);
 without one a ConvVAE with its initial weights is used, whose posterior is nearly the prior
@@ -55,6 +57,7 @@ DECODERS = {
     "torch-conv": "row Jacobian, float64, torch conv",
     "tap-conv": "row Jacobian, float64",
     "float32": "row Jacobian, float32",
+    "float32-jacobian": "float64, Jacobian in float32",
     "kept-memory": "row Jacobian, float64, kept memory"}
 REFERENCE = "tap-conv"
 #: The package's operator again after :func:`~nifty_fishernet.memory.keep_freed_memory`
@@ -110,6 +113,8 @@ def operator(model, batch, name):
         return per_product_operator(model, batch)
     if name == "torch-conv":
         return torch_conv_operator(model, batch)
+    if name == "float32-jacobian":
+        return decoder_operator(model, batch, jacobian_dtype=torch.float32)
     return decoder_operator(model, batch,
                             dtype=torch.float32 if name == "float32" else torch.float64)
 
@@ -124,30 +129,39 @@ def seconds(function, repeats=3):
 
 def time_passes(model, batch):
     """Seconds of one decoder pass and one row Jacobian at ``batch`` points: torch's
-    convolutions and the tap sums."""
+    convolutions, the tap sums, and the Jacobian in float32 (the float64 pass for the values
+    plus a float32 Jacobian, as ``decoder_operator(..., jacobian_dtype=torch.float32)``)."""
     plain = plain_float64_decoder(model)
     tapped = tap_convolutions(plain)
+    single = copy.deepcopy(plain).to(torch.float32)
     z = torch.randn(batch, model.latent_dim, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(0))
+    z32 = z.to(torch.float32)
     with torch.no_grad():
         difference = float((plain(z) - tapped(z)).abs().max())
         passes = [seconds(lambda: decoder(z)) for decoder in (plain, tapped)]
+        passes.append(passes[1])
     jacobians = [seconds(lambda: nf.decoder_jacobian(decoder, z, method="autodiff"))
                  for decoder in (plain, tapped)]
-    return passes, jacobians, difference
+    jacobians.append(seconds(lambda: (tapped(z), nf.decoder_jacobian(single, z32))))
+    exact = nf.decoder_jacobian(tapped, z)[1]
+    rounded = nf.decoder_jacobian(single, z32)[1].double()
+    jacobian_error = float((rounded - exact).abs().max() / exact.abs().max())
+    return passes, jacobians, (difference, jacobian_error)
 
 
 def print_passes(batch, timings):
     print(f"# float64 at B = {batch}, seconds of one decoder pass / one row Jacobian, and "
           f"ratios to torch conv with glibc's default malloc:")
-    (base_pass, _), (base_jacobian, _), _ = timings["default malloc"]
-    for memory, ((plain_pass, tap_pass), (plain_jac, tap_jac), difference) in timings.items():
-        for name, took_pass, took_jac in (("torch conv", plain_pass, plain_jac),
-                                          ("tap sums", tap_pass, tap_jac)):
-            print(f"#   {memory:>15}, {name:>10}: pass {took_pass:.3f} s "
+    (base_pass, *_), (base_jacobian, *_), _ = timings["default malloc"]
+    for memory, (passes, jacobians, (difference, jacobian_error)) in timings.items():
+        for name, took_pass, took_jac in zip(("torch conv", "tap sums", "f32 Jacobian"),
+                                             passes, jacobians):
+            print(f"#   {memory:>15}, {name:>12}: pass {took_pass:.3f} s "
                   f"({base_pass / took_pass:.2f}x), Jacobian {took_jac:.3f} s "
                   f"({base_jacobian / took_jac:.2f}x)")
-    print(f"#   largest difference tap sums - torch conv: {difference:.1e}")
+    print(f"#   largest difference tap sums - torch conv: {difference:.1e}; float32 Jacobian, "
+          f"largest error relative to the largest entry: {jacobian_error:.1e}")
 
 
 def run(model, images, operator, method, args):

@@ -326,6 +326,38 @@ def test_status_shows_the_weights_and_the_calibration_stages_a_part_resumes_from
     assert "| no weights (trains anew); needs cal (outdated) |" in capsys.readouterr().out
 
 
+def test_a_models_nifty_options_reach_its_calibration_entry_and_key(tmp_path, monkeypatch):
+    """A setting's ``calibration_nifty_options`` for one model: its NIFTy rows run with them
+    (recorded in the entry), its cache key includes them, and a model without any keeps the
+    key it had before (its stored entry is read, not measured again)."""
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--models", "FisherNet", "--calibration-sims", "10",
+            "--calibration-images", "2", "--no-sample-quality"] + TINY
+    monkeypatch.setitem(fm.SETTINGS["quick"], "calibration_nifty", {"FisherNet": ["mgvi"]})
+    plain = fm.main(args)["calibration"]["FisherNet"]["2"]
+    assert "nifty_options" not in plain
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("nifty_options"))
+        return calibrate(*args, **kwargs)
+
+    calibrate = fm_run.calibrate
+    monkeypatch.setattr(fm_run, "calibrate", recording)
+    options = {"FisherNet": {"jacobian_dtype": "float32"}}
+    monkeypatch.setitem(fm.SETTINGS["quick"], "calibration_nifty_options", options)
+    rounded = fm.main(args)["calibration"]["FisherNet"]["2"]
+    assert seen == [{"jacobian_dtype": "float32"}]  # another key: measured anew
+    assert rounded["nifty_options"] == {"jacobian_dtype": "float32"}
+    # MGVI with a float32 Jacobian: the same coverage of the 10 simulated data
+    assert rounded["simulated"]["mgvi"]["coverage"] == plain["simulated"]["mgvi"]["coverage"]
+    monkeypatch.setitem(fm.SETTINGS["quick"], "calibration_nifty_options",
+                        {"VAE": {"jacobian_dtype": "float32"}})
+    again = fm.main(args)["calibration"]["FisherNet"]["2"]
+    assert seen == [{"jacobian_dtype": "float32"}]  # the first key again: read back
+    assert "nifty_options" not in again
+
+
 def test_trained_model_path_is_where_the_main_job_writes(tmp_path):
     path = fm.trained_model_path("VAE", 3, "paper", seed=1, out=tmp_path)
     assert path.parent == tmp_path / "models" and path.name.startswith("VAE_d3_")

@@ -1,5 +1,7 @@
 """The NIFTy bridge: operators pass NIFTy's own checks; NIFTy's metric is the FisherNet's."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -301,3 +303,47 @@ def test_convolutional_decoder_operator_is_exact():
                 {"latent": ift.makeField(op.domain["latent"], tangent)})))
             np.testing.assert_allclose(np.reshape(applied, (2, -1))[row],
                                        reference[:, axis].numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_a_float32_jacobian_keeps_the_values_exact_and_the_posterior_to_its_rounding():
+    """``jacobian_dtype=torch.float32``: the operator's values (and so every energy NIFTy's
+    minimisers compare) are the float64 ones bit for bit; the Jacobian is torch's float64
+    Jacobian to float32 rounding, its adjoint exactly its transpose; MGVI's posterior moves
+    by rounding only."""
+    import nifty_fishernet as nf
+    from nifty_fishernet.nifty import decoder_operator
+
+    torch.manual_seed(0)
+    model = nf.ConvVAE(3).eval()  # float32 weights, as trained
+    batch = 3
+    exact, rounded = decoder_operator(model, batch), decoder_operator(
+        model, batch, jacobian_dtype="float32")
+    assert decoder_operator(model, batch, jacobian_dtype=torch.float64).domain == exact.domain
+    z = np.random.default_rng(3).normal(size=(batch, 3))
+    position = ift.MultiField.from_dict({"latent": ift.makeField(exact.domain["latent"], z)})
+    assert np.array_equal(values(rounded(position)), values(exact(position)))
+    lin = rounded(ift.Linearization.make_var(position))
+    assert np.array_equal(values(lin.val), values(exact(position)))
+    ift.extra.check_linear_operator(lin.jac, np.float64, np.float64)
+    decoder = copy.deepcopy(model.decoder).double()
+    for row in range(batch):
+        reference = torch.autograd.functional.jacobian(
+            lambda zi: decoder(zi.unsqueeze(0)).squeeze(0), torch.tensor(z[row])).numpy()
+        for axis in range(3):
+            tangent = np.zeros((batch, 3))
+            tangent[row, axis] = 1.0
+            applied = np.reshape(values(lin.jac(ift.MultiField.from_dict(
+                {"latent": ift.makeField(exact.domain["latent"], tangent)}))), (batch, -1))
+            error = np.abs(applied[row] - reference[:, axis]).max()
+            assert 0 < error < 1e-5 * np.abs(reference).max()  # float32 rounding, not none
+    images = model.decode(torch.tensor(z, dtype=torch.float32)).detach().numpy()
+    options = dict(method="mgvi", n_samples=4, total_iterations=2)
+    full, fast = (latent_posterior(model, images, **options),
+                  latent_posterior(model, images, jacobian_dtype=torch.float32, **options))
+    sigma = np.sqrt(np.diagonal(full.covariance, axis1=-2, axis2=-1))
+    assert np.abs(fast.mean - full.mean).max() < 1e-3 * sigma.min()
+    assert np.allclose(fast.covariance, full.covariance, rtol=1e-3, atol=1e-3 * sigma.min() ** 2)
+    for bad, message in ((torch.int32, "floating torch dtype"), ("float33", "not a torch dtype"),
+                         (3, "floating torch dtype")):
+        with pytest.raises(ValueError, match=message):
+            decoder_operator(model, batch, jacobian_dtype=bad)

@@ -276,7 +276,7 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
                      infer_noise=False, total_iterations=6, initial=None, dtype=torch.float64,
                      seed=0, sampling_iterations=100, newton_iterations=20,
                      nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False,
-                     blockwise=True, image_shape=None, misfit=True):
+                     blockwise=True, image_shape=None, misfit=True, jacobian_dtype=None):
     """Latent posterior of ``d = R(f(z) + m) + n`` under ``z ~ N(0, 1)`` with NIFTy.
 
     All B data points form one NIFTy problem (latent field ``(B, d)``), so each energy or
@@ -301,6 +301,10 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
         Start; default the model's encoder mean (:func:`encoder_position`).
     dtype : torch.dtype
         Precision of the decoder evaluations.
+    jacobian_dtype : torch.dtype or str, optional
+        Precision of the decoder's Jacobian (default ``dtype``): ``torch.float32`` forms a
+        convolutional decoder's Jacobian 3-4x faster on the CPU while every energy stays in
+        ``dtype`` (:func:`~nifty_fishernet.nifty.decoder_operator`).
     seed : int
         NIFTy's random seed for the samples.
     sampling_iterations, newton_iterations, nonlinear_iterations, tolerance, blockwise
@@ -318,7 +322,7 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     likelihood = FisherNetLikelihood(model, data, response=response, noise=noise, dtype=dtype,
                                      infer_noise=infer_noise, image_shape=image_shape,
-                                     misfit=misfit)
+                                     misfit=misfit, jacobian_dtype=jacobian_dtype)
     if initial is None:
         initial = encoder_position(model, data, response)
     minimizers = default_minimizers(method, likelihood.domain[LATENT_KEY].shape[0], tolerance,

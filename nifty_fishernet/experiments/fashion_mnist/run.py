@@ -265,6 +265,7 @@ def calibration(trained, test_x, setting, args):
         for d, model in sorted(by_dim.items()):
             model = model.cpu().eval()
             nifty = setting["calibration_nifty"].get(name, [])
+            nifty_options = _nifty_options(setting, name)
             label = f"calibration_{name}_d{d}"
 
             def key_of(version):
@@ -281,7 +282,10 @@ def calibration(trained, test_x, setting, args):
                     if cache.force:
                         reference.unlink(missing_ok=True)
                     entry = calibrate(model, test_x, seed=args.seed, nifty=nifty,
-                                      finished=stages, reference_file=reference, **options)
+                                      nifty_options=nifty_options, finished=stages,
+                                      reference_file=reference, **options)
+                    if nifty_options:
+                        entry["nifty_options"] = nifty_options
                     entry["seconds"] = time.perf_counter() - began
                 else:
                     # the NIFTy rows (most of a run's time) stay as measured
@@ -302,11 +306,20 @@ def calibration(trained, test_x, setting, args):
 
 def calibration_key(model, name, setting, seed, test_x, version=CALIBRATION_VERSION):
     """The cache key of a model's calibration entry and of its finished stages: its weights,
-    the settings, the NIFTy methods, the seed and the real images it uses."""
+    the settings, the NIFTy methods (and their options, where the model has any), the seed
+    and the real images it uses."""
     options = setting["calibration"]
+    nifty_options = _nifty_options(setting, name)
+    # a model without NIFTy options keeps the key it had before they existed
     return fingerprint("calibration", version, model, options,
                        setting["calibration_nifty"].get(name, []), seed,
-                       test_x[:options["n_real"]])
+                       test_x[:options["n_real"]], *([nifty_options] if nifty_options else []))
+
+
+def _nifty_options(setting, name):
+    """The keyword arguments of ``latent_posterior`` the setting gives model ``name``'s NIFTy
+    calibration rows (e.g. the ConvVAE's float32 Jacobian), or None."""
+    return setting.get("calibration_nifty_options", {}).get(name) or None
 
 
 def _older_entry(cache, label, key_of):

@@ -52,7 +52,11 @@ SETTINGS = {
                   mkde=dict(cells_per_axis=None, n_samples=5, iterations=4),
                   calibration=dict(n_simulated=1000, n_real=200, n_reference=200, n_nifty=200),
                   calibration_models=list(MODELS),
-                  calibration_nifty={name: ["mgvi", "geovi"] for name in DEFAULT_MODELS}),
+                  calibration_nifty={name: ["mgvi", "geovi"] for name in DEFAULT_MODELS},
+                  # the ConvVAE's Jacobian in float32, its values in float64: 3-4x faster
+                  # on the CPU (benchmarks/nifty_jacobian.py); d = 2 was measured before, in
+                  # float64
+                  calibration_nifty_options={"ConvVAE": {"jacobian_dtype": "float32"}}),
 }
 
 #: What determines a trained model, besides its name, d and seed.
