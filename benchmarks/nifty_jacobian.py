@@ -14,13 +14,15 @@ per product and reuses one reverse-mode pass for the adjoints. In float64 on the
 operator on a plain float64 copy of the decoder. Two runs use float32, where oneDNN, torch's
 fast CPU convolutions, has kernels and float64 has none: the whole decoder
 (``decoder_operator(..., dtype=torch.float32)``; NIFTy's fields stay float64), and only its
-Jacobian (``jacobian_dtype=torch.float32``: values and energies in float64). All run the same problem (Gaussian likelihood
-with the model's learned noise, the encoder's mean as start, the same seed and the package's
-default minimizers) in the same process, first with glibc's default malloc, then the
-package's operator again after :func:`nifty_fishernet.memory.keep_freed_memory` (which the
-Fashion-MNIST job calls; it cannot be undone within a process). Printed first: one decoder
-pass and one row Jacobian at ``--pass-batch`` latent points (200: the calibration's batch),
-torch's convolutions and the tap sums, under both mallocs; then per method: the seconds of
+Jacobian (``jacobian_dtype=torch.float32``: values and energies in float64). All run the
+same problem (Gaussian likelihood with the model's learned noise, the encoder's mean as
+start, the same seed and the package's default minimizers) in the same process, first with
+glibc's default malloc, then the package's operator again after
+:func:`nifty_fishernet.memory.keep_freed_memory` (which the Fashion-MNIST job calls; it
+cannot be undone within a process). Printed first: one decoder pass and one row Jacobian at
+``--pass-batch`` latent points (200: the calibration's batch), torch's convolutions, the
+tap sums and the float32 Jacobian (with its float64 pass), under both mallocs, and the
+float32 Jacobian's largest error; then per method: the seconds of
 each decoder, the ratios to the package's float64 operator under the default malloc, how far
 each posterior mean lies from that run's, in its posterior standard deviations, and the
 largest relative change of a posterior standard deviation (float64: rounding only).

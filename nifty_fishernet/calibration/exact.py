@@ -39,8 +39,8 @@ from ..models.refine import (energy_at, importance_sample, refine_posterior, sea
                              weighted_moments, whiten)
 from .sbc import LEVELS, mahalanobis2
 
-__all__ = ["ExactPosterior", "save_exact_posterior", "load_exact_posterior", "exact_posterior", "compare_to_exact", "exact_mass_below",
-           "lower_bound_eigenvalues", "GRID_MAX_DIM"]
+__all__ = ["ExactPosterior", "save_exact_posterior", "load_exact_posterior", "exact_posterior",
+           "compare_to_exact", "exact_mass_below", "lower_bound_eigenvalues", "GRID_MAX_DIM"]
 
 #: Above this latent dimension the exact posterior is importance-sampled.
 GRID_MAX_DIM = 3

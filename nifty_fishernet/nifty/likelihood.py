@@ -55,7 +55,7 @@ def _frozen(decoder, dtype, device):
     return decoder
 
 
-def jacobian_precision(jacobian_dtype, dtype):
+def _jacobian_precision(jacobian_dtype, dtype):
     """``jacobian_dtype`` (a torch floating dtype or its name, e.g. ``"float32"``; None:
     ``dtype``) as a torch dtype, with a clear error for anything else."""
     if jacobian_dtype is None:
@@ -74,9 +74,10 @@ def jacobian_precision(jacobian_dtype, dtype):
 def _row_jacobian(decoder, dtype, device, jacobian_dtype):
     """``z -> (f(z), J(z)^T)`` per row, the Jacobian formed in ``jacobian_dtype``.
 
-    In float32 on the CPU a ConvVAE decoder's Jacobian at d = 10 takes 1.2 s instead of
-    4.7 s for 200 rows (torch's float32 convolutions have fast kernels, float64 ones have
-    not) and differs by ~4e-7 relative. The values stay in ``dtype``: every energy, and so
+    In float32 on the CPU a ConvVAE decoder's Jacobian at d = 10 and its float64 values take
+    1.4 s instead of 4.1 s for 200 rows (torch's float32 convolutions have fast kernels,
+    float64 ones have not; ``benchmarks/nifty_jacobian.py``); the Jacobian differs by ~5e-7
+    of its largest entry. The values stay in ``dtype``: every energy, and so
     every acceptance test of NIFTy's minimisers, is exact; only the directions they take
     (gradients, metric products) carry float32 rounding.
     """
@@ -190,7 +191,7 @@ def _latent_operator(decoder, batch, latent_dim, data_dim, dtype, device, image_
     # product MGVI and geoVI apply at the point is then a batched matrix product, not a pass
     # through the decoder.
     decoder, row_jacobian = _row_jacobian(decoder, dtype, device,
-                                          jacobian_precision(jacobian_dtype, dtype))
+                                          _jacobian_precision(jacobian_dtype, dtype))
     signal = TorchOperator(latent, flat, decoder, dtype=dtype, device=device,
                            row_jacobian=row_jacobian).ducktape(LATENT_KEY)
     if image_shape is None:
