@@ -948,6 +948,40 @@ def test_posterior_network_errors_name_the_problem():
                       progress=False)
 
 
+def test_the_mode_search_runs_newton_in_groups_bounded_in_memory(monkeypatch):
+    """All starts x B Newton runs of a wide decoder at once held 7 GB at d = 10: they run in
+    groups of at most MAX_ACTIVATION_BYTES of forward-mode activations, with the same ends."""
+    from nifty_fishernet.models import refine
+
+    torch.manual_seed(0)
+    model = nf.ConvVAE(2).double().eval()
+    x = model.decode(torch.randn(3, 2, dtype=torch.float64)).detach()
+    precision = torch.tensor(4.0, dtype=torch.float64)
+
+    def search():
+        return refine.search_modes(model, x, precision, starts=4, codebook=64, max_steps=5,
+                                   generator=torch.Generator().manual_seed(1))
+
+    whole = search()
+    groups = []
+    newton_map = refine.newton_map
+
+    def recording(decoder, targets, begin, *args, **kwargs):
+        groups.append(begin.shape[0])
+        return newton_map(decoder, targets, begin, *args, **kwargs)
+
+    monkeypatch.setattr(refine, "newton_map", recording)
+    search()
+    assert groups == [12]  # 4 starts x 3 images in one group by default
+    per_row = refine.activation_bytes_per_row(model.decoder, 2, torch.float64, "cpu")
+    monkeypatch.setattr(refine, "MAX_ACTIVATION_BYTES", 5 * 3 * per_row)  # 5 runs of d + 1
+    groups.clear()
+    grouped = search()
+    assert groups == [5, 5, 2]
+    for got, want in zip(grouped, whole):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_energy_at_bounds_the_decoder_activations_per_call(monkeypatch):
     """A wide decoder (a ConvVAE's) gets fewer draws per call where 2,048 draws of many
     images would hold tens of GB: the energies stay those of unbounded calls."""

@@ -472,9 +472,11 @@ def predictive_scale(ess, dim):
     return (1 + 1 / n) * (n - 1) / (n - dim)
 
 
-#: The decoder activations one call of :func:`energy_at` may hold, in bytes: it bounds the
-#: draws per call where the decoder is wide (a ConvVAE holds some 60 times a dense decoder's
-#: values per decoded row; 2,048 draws of 200 images in one call took over 20 GB).
+#: The decoder activations one call of :func:`energy_at` (or one group of
+#: :func:`search_modes`' Newton runs, counting their d + 1 forward-mode copies) may hold, in
+#: bytes: it bounds the rows per call where the decoder is wide (a ConvVAE holds some 60 times
+#: a dense decoder's values per decoded row; 2,048 draws of 200 images in one call took over
+#: 20 GB).
 MAX_ACTIVATION_BYTES = 4 * 2 ** 30
 
 
@@ -527,7 +529,8 @@ def search_modes(model, x, precision, starts, codebook, max_steps, generator):
     """Newton runs to local modes of each datum's posterior from several starts.
 
     ``codebook`` prior draws are decoded once for the whole batch; the ``starts`` of lowest
-    energy for each datum start Newton runs (:func:`~nifty_fishernet.fisher.newton_map`).
+    energy for each datum start Newton runs (:func:`~nifty_fishernet.fisher.newton_map`), in
+    groups whose Jacobians hold at most :data:`MAX_ACTIVATION_BYTES` of activations.
 
     Returns
     -------
@@ -543,10 +546,21 @@ def search_modes(model, x, precision, starts, codebook, max_steps, generator):
                                    + (decoded ** 2).sum(-1)[None]))
     best = energy.topk(starts, dim=1, largest=False).indices  # (B, starts)
     begin = book[best].transpose(0, 1).reshape(starts * batch, d)
-    runs = newton_map(model.decoder, x.repeat(starts, 1), begin, precision, max_steps=max_steps)
-    laplace_chol = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(
-        runs.metric)))
-    return (runs.z.reshape(starts, batch, d), runs.energy.reshape(starts, batch),
+    targets = x.repeat(starts, 1)
+    # a run's forward-mode Jacobians hold about d + 1 rows of activations per datum: all
+    # starts x B runs of a ConvVAE at once held 7 GB at d = 10 (13 GB at d = 20); the runs
+    # are independent, so bounded groups of them give the same ends
+    per_row = activation_bytes_per_row(model.decoder, d, x.dtype, x.device)
+    group = max(1, MAX_ACTIVATION_BYTES // ((d + 1) * per_row))
+    ends = []
+    for start in range(0, starts * batch, group):
+        runs = newton_map(model.decoder, targets[start:start + group],
+                          begin[start:start + group], precision, max_steps=max_steps)
+        ends.append((runs.z, runs.energy, runs.metric))
+        del runs
+    z, energies, metric = (torch.cat(parts) for parts in zip(*ends))
+    laplace_chol = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(metric)))
+    return (z.reshape(starts, batch, d), energies.reshape(starts, batch),
             laplace_chol.reshape(starts, batch, d, d))
 
 
