@@ -548,8 +548,9 @@ def search_modes(model, x, precision, starts, codebook, max_steps, generator):
     begin = book[best].transpose(0, 1).reshape(starts * batch, d)
     targets = x.repeat(starts, 1)
     # a run's forward-mode Jacobians hold about d + 1 rows of activations per datum: all
-    # starts x B runs of a ConvVAE at once held 7 GB at d = 10 (13 GB at d = 20); the runs
-    # are independent, so bounded groups of them give the same ends
+    # 8 x 200 runs of a ConvVAE at once would hold some 7 GB at d = 10 and 13 GB at d = 20
+    # (0.83 GB per 200 runs measured at d = 10); the runs are independent, so bounded
+    # groups of them give the same ends
     per_row = activation_bytes_per_row(model.decoder, d, x.dtype, x.device)
     group = max(1, MAX_ACTIVATION_BYTES // ((d + 1) * per_row))
     ends = []
