@@ -991,9 +991,10 @@ def test_energy_at_bounds_the_decoder_activations_per_call(monkeypatch):
     model = nf.ConvVAE(2).double().eval()
     per_row = refine.activation_bytes_per_row(model.decoder, 2, torch.float64, "cpu")
     # the leaf outputs of one row: 448 + 3136 (twice, ReLU) + 64x14x14 (twice) + 32x14x14
-    # (twice) + 32x28x28 (twice) + 784 (three times) values of 8 bytes
+    # (twice) + 32x28x28 (twice) + 784 (three times) values of 8 bytes, and the last
+    # (plain) convolution's unfolded input, 32 channels x 3x3 taps per output pixel
     assert per_row == 8 * (448 * 2 + 3136 * 2 + 3136 + 2 * 12544 + 2 * 6272 + 2 * 25088
-                           + 3 * 784)
+                           + 3 * 784 + 32 * 9 * 784)
     x = torch.rand(3, 784, dtype=torch.float64)
     points = torch.randn(50, 3, 2, dtype=torch.float64)
     unbounded = refine.energy_at(model, x, points, 1.0, chunk=2048)
