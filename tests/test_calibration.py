@@ -995,6 +995,11 @@ def test_energy_at_bounds_the_decoder_activations_per_call(monkeypatch):
     # (plain) convolution's unfolded input, 32 channels x 3x3 taps per output pixel
     assert per_row == 8 * (448 * 2 + 3136 * 2 + 3136 + 2 * 12544 + 2 * 6272 + 2 * 25088
                            + 3 * 784 + 32 * 9 * 784)
+    # summed tap by tap, that convolution holds 1 channel x 3x3 taps per pixel, twice
+    tapped = nf.models.tap_convolutions(model.decoder)
+    assert isinstance(tapped[11], nf.models.TapConv2d)
+    assert (refine.activation_bytes_per_row(tapped, 2, torch.float64, "cpu")
+            == per_row - 8 * 32 * 9 * 784 + 8 * 2 * 9 * 784)
     x = torch.rand(3, 784, dtype=torch.float64)
     points = torch.randn(50, 3, 2, dtype=torch.float64)
     unbounded = refine.energy_at(model, x, points, 1.0, chunk=2048)
