@@ -491,18 +491,17 @@ def activation_bytes_per_row(decoder, latent_dim, dtype, device):
         nonlocal total
         if isinstance(output, torch.Tensor):
             total += output.numel() * output.element_size()
-            taps = math.prod(getattr(module, "kernel_size", ()))
             if isinstance(module, TapConv2d):
                 # its tap products, out_channels x taps per input pixel, and their padded copy
-                total += (2 * module.out_channels * taps * math.prod(inputs[0].shape[2:])
-                          * output.element_size())
+                total += (2 * module.out_channels * math.prod(module.kernel_size)
+                          * math.prod(inputs[0].shape[2:]) * output.element_size())
             elif isinstance(module, torch.nn.modules.conv._ConvNd) and not module.transposed:
                 # without a fast kernel (float64 on the CPU) a convolution unfolds its
                 # whole batch's input first: in_channels x taps values per output pixel,
                 # the ConvVAE's last layer 9 times its input (3.3 GB measured for 2,000
                 # float64 rows of the ConvVAE decoder, whose outputs are 1.6 GB)
-                total += (module.in_channels * taps * math.prod(output.shape[2:])
-                          * output.element_size())
+                total += (module.in_channels * math.prod(module.kernel_size)
+                          * math.prod(output.shape[2:]) * output.element_size())
 
     leaves = [m for m in decoder.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(count) for m in leaves]
