@@ -703,6 +703,49 @@ def test_a_killed_calibration_resumes_after_its_last_finished_stage(tmp_path):
     assert "simulated exact reference" in records and "real mgvi" in records
 
 
+def test_a_calibrations_stages_run_apart_give_the_result_of_one_run(tmp_path):
+    """Stages measured by separate calls (as by processes on separate cores) in another order
+    than one run's: a final call reads them all back, measures nothing, and returns the
+    single run's result."""
+    model = random_fishernet(latent_dim=4, data_dim=12, xi=-2.0, gain=2.0, seed=3)
+    _, images = cal.simulate(model, 8, seed=9)
+    options = dict(nifty=("mgvi",), n_simulated=40, n_real=8, n_nifty=8, progress=False,
+                   exact_options=dict(n_draws=512),
+                   nifty_options=dict(n_samples=4, total_iterations=2))
+    whole = cal.calibrate(model, images.numpy(), **options)
+    stages = cal.calibration_stages(("mgvi",))
+    assert stages == ["simulated gaussian", "simulated mgvi", "simulated exact reference",
+                      "real exact reference", "real gaussian", "real mgvi"]
+    records = ResultCache(tmp_path).stages("calibration", fingerprint("this model"))
+    reference = records.file("real exact reference", ".h5")
+    apart = dict(finished=records, reference_file=reference, **options)
+    assert cal.calibrate(model, images.numpy(), only={"real mgvi", "real gaussian"},
+                         **apart) is None
+    assert set(records.names()) == {"real exact reference", "real gaussian", "real mgvi"}
+    assert cal.calibrate(model, images.numpy(), only="simulated exact reference",
+                         **apart) is None
+    cal.calibrate(model, images.numpy(), only=stages[:2], **apart)
+    assert set(records.names()) == set(stages)
+
+    class ReadOnly(dict):
+        def get(self, name):
+            return records.get(name)
+
+        def __setitem__(self, name, value):
+            raise AssertionError(f"stage {name!r} measured again")
+
+    read_back = cal.calibrate(model, images.numpy(), finished=ReadOnly(),
+                              reference_file=reference, **options)
+    assert _without_seconds(read_back) == _without_seconds(jsonable(whole))
+    with pytest.raises(ValueError, match=r"unknown calibration stages \['real geovi'\]"):
+        cal.calibrate(model, images.numpy(), only={"real geovi"}, **apart)
+    with pytest.raises(ValueError, match="pass the finished mapping"):
+        cal.calibrate(model, images.numpy(), only={"real mgvi"}, **options)
+    with pytest.raises(ValueError, match="kept in reference_file"):
+        cal.calibrate(model, images.numpy(), only={"real exact reference"},
+                      finished=records, **options)
+
+
 def _without_seconds(value):
     """A calibration result without its wall times (they differ between runs)."""
     if isinstance(value, dict):

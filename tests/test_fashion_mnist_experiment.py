@@ -326,6 +326,38 @@ def test_status_shows_the_weights_and_the_calibration_stages_a_part_resumes_from
     assert "| no weights (trains anew); needs cal (outdated) |" in capsys.readouterr().out
 
 
+def test_calibration_stages_run_as_a_part_of_their_own_and_are_read_back(
+        tmp_path, monkeypatch, capsys):
+    """``--calibration-stages``: the named stages are kept and no record is written; the part
+    that records the cell reads them back instead of measuring them."""
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--models", "FisherNet", "--calibration-sims", "10",
+            "--calibration-images", "2", "--no-calibration-nifty"] + TINY
+    assert fm.main(args + ["--calibration-stages", "real exact reference",
+                           "real gaussian"]) is None
+    assert not (out / "results.json").exists()
+    [row] = fm.main(args + ["--status"])
+    assert row["gaps"] == ["training", "Table 1", "calibration"]
+    assert row["stages"] == ["real exact reference", "real gaussian"]
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a kept stage measured again")
+
+    with monkeypatch.context() as patch:
+        # the real images' exact posterior and their Gaussian rows are read back
+        patch.setattr(nf.calibration.harness, "exact_posterior", measured_again)
+        patch.setattr(nf.calibration.harness, "compare_to_exact", measured_again)
+        report = fm.main(args)
+    real = report["calibration"]["FisherNet"]["2"]["real"]
+    assert {"amortized", "refined (Laplace)", "refined (importance)"} <= set(real)
+    assert all(not row["gaps"] for row in fm.main(args + ["--status"]))
+    with pytest.raises(SystemExit):
+        fm.main(args + ["--calibration-stages", "real mgvi", "--no-calibration"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        fm.main(args + ["--calibration-stages", "real nothing"])
+
+
 def test_a_models_nifty_options_reach_its_calibration_entry_and_key(tmp_path, monkeypatch):
     """A setting's ``calibration_nifty_options`` for one model: its NIFTy rows run with them
     (recorded in the entry), its cache key includes them, and a model without any keeps the

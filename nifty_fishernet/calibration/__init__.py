@@ -4,7 +4,8 @@ generative process, and exact posteriors of its own decoder (grid, importance sa
 from .exact import (GRID_MAX_DIM, ExactPosterior, compare_to_exact, exact_mass_below,
                     exact_posterior, load_exact_posterior, lower_bound_eigenvalues,
                     save_exact_posterior)
-from .harness import DEFAULT_METHODS, HPD_SUFFIX, NIFTY_METHODS, calibrate, recalibrate
+from .harness import (DEFAULT_METHODS, HPD_SUFFIX, NIFTY_METHODS, calibrate, calibration_stages,
+                      recalibrate)
 from .sbc import (LEVELS, gaussian_coverage, hpd_ranks, mahalanobis2, rank_histogram,
                   sample_coverage, sbc_ranks, simulate)
 
@@ -12,4 +13,5 @@ __all__ = ["LEVELS", "simulate", "gaussian_coverage", "sample_coverage", "sbc_ra
            "hpd_ranks", "rank_histogram", "mahalanobis2", "ExactPosterior", "exact_posterior",
            "save_exact_posterior", "load_exact_posterior",
            "compare_to_exact", "exact_mass_below", "lower_bound_eigenvalues", "GRID_MAX_DIM",
-           "calibrate", "recalibrate", "DEFAULT_METHODS", "NIFTY_METHODS", "HPD_SUFFIX"]
+           "calibrate", "recalibrate", "calibration_stages", "DEFAULT_METHODS",
+           "NIFTY_METHODS", "HPD_SUFFIX"]

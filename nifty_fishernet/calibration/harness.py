@@ -34,7 +34,8 @@ from .exact import (compare_to_exact, exact_mass_below, exact_posterior, load_ex
 from .sbc import (LEVELS, gaussian_coverage, hpd_ranks, rank_histogram, sample_coverage,
                   sbc_ranks, simulate)
 
-__all__ = ["calibrate", "recalibrate", "DEFAULT_METHODS", "NIFTY_METHODS", "HPD_SUFFIX"]
+__all__ = ["calibrate", "recalibrate", "calibration_stages", "DEFAULT_METHODS",
+           "NIFTY_METHODS", "HPD_SUFFIX"]
 
 #: Gaussian posteriors measured by default: name -> keyword arguments of ``model.posterior``.
 DEFAULT_METHODS = {
@@ -128,7 +129,7 @@ def _summaries(model, method):
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
               n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256,
               exact_options=None, nifty_options=None, progress=True, finished=None,
-              reference_file=None):
+              reference_file=None, only=None):
     """Measure how honest each posterior approximation of ``model`` is.
 
     Parameters
@@ -181,10 +182,18 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         of other data or a damaged one is recomputed, with a warning). With ``finished``, a
         part killed in a NIFTy stage on the real images resumes without computing it again
         (20 minutes or more for a ConvVAE on 200 images).
+    only : collection of str, optional
+        Measure just these stages (names of :func:`calibration_stages`, e.g.
+        ``{"simulated exact reference", "real mgvi"}``) where ``finished`` lacks them, keep
+        them there (``"real exact reference"`` in ``reference_file``) and return None: one
+        calibration's stages run in separate processes (one per core), and a later call
+        without ``only`` reads them all back, giving the result a single run gives. Stages
+        this calibration has not (the exact reference's SBC at ``d <= 3``, the real stages
+        with ``n_real=0``) are passed over.
 
     Returns
     -------
-    dict
+    dict or None
         ``latent_dim``, ``noise_std``, ``simulated`` (per method: ``coverage`` at 68 / 95,
         ``rank_histogram`` ``(d, bins)``, ``seconds_per_datum``, and for importance-sampled
         refinements the ``ess`` quantiles of their draws, and a further entry named
@@ -200,18 +209,30 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         and ``lower_bound`` (quantiles of
         the generalised eigenvalues, the fraction below 1). The rows of the stages kept in
         ``finished`` are JSON values (:func:`~nifty_fishernet.io.jsonable`: NaN as None),
-        whether measured now or read back.
+        whether measured now or read back. None where ``only`` is given.
     """
     methods = dict(DEFAULT_METHODS if methods is None else methods)
     unknown = set(nifty) - set(NIFTY_METHODS)
     if unknown:
         raise ValueError(f"unknown NIFTy methods {sorted(unknown)}; known: {NIFTY_METHODS}")
+    with_reference = model.latent_dim > 3 and int(n_reference) > 0
+    if only is not None:
+        only = {only} if isinstance(only, str) else set(only)
+        known = calibration_stages(nifty)
+        if only - set(known):
+            raise ValueError(f"unknown calibration stages {sorted(only - set(known))}; with "
+                             f"nifty={tuple(nifty)} the stages are {known}")
+        if finished is None:
+            raise ValueError("only= measures stages to keep: pass the finished mapping "
+                             "that keeps them")
+        if "real exact reference" in only and n_real and reference_file is None:
+            raise ValueError("only= 'real exact reference' is kept in reference_file: "
+                             "pass one")
     model.eval()
     generator = torch.Generator().manual_seed(int(seed))
     out = {"latent_dim": model.latent_dim, "noise_std": model.noise_std,
            "n_simulated": int(n_simulated), "n_real": int(n_real), "simulated": {}, "real": {}}
     truth, x = simulate(model, n_simulated, seed)
-    with_reference = model.latent_dim > 3 and int(n_reference) > 0
     total = (len(methods) + len(nifty) + int(with_reference)
              + (1 + len(nifty) if n_real else 0))
     bar = tqdm(total=total,
@@ -223,9 +244,10 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     finished = {} if finished is None else finished
 
     def stage(name, measure, steps=1):
-        # a stage's rows are measured once and kept in ``finished``
+        # a stage's rows are measured once and kept in ``finished`` (with ``only``: just
+        # the stages named there; the others stay None)
         rows = finished.get(name)
-        if rows is None:
+        if rows is None and (only is None or name in only):
             rows = finished[name] = jsonable(measure())
         bar.update(steps)
         return rows
@@ -255,7 +277,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
                     "seconds_per_datum": seconds}
         return rows
 
-    out["simulated"].update(stage("simulated gaussian", gaussian_rows, len(methods)))
+    out["simulated"].update(stage("simulated gaussian", gaussian_rows, len(methods)) or {})
     # mirrored samples span n_samples directions: the real-image comparison needs a
     # covariance of full rank
     nifty_settings = dict(n_samples=max(10, model.latent_dim + 2), total_iterations=3,
@@ -304,7 +326,8 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     if with_reference:
         out["simulated"]["exact reference"] = stage("simulated exact reference",
                                                     reference_row)
-    if n_real:
+    real_stages = set(calibration_stages(nifty, with_reference, True)[-2 - len(nifty):])
+    if n_real and (only is None or only & real_stages):
         real = torch.as_tensor(np.asarray(real_images[:n_real]), dtype=model.dtype,
                                device=model.device)
         exact = _real_reference(model, real, options, reference_file)
@@ -326,18 +349,26 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
                 spacing_sigma=exact.spacing)
         if exact.ess is not None:
             out["real"]["exact"]["ess"] = _quantiles(exact.ess.numpy())
-        for name, method_options in methods.items():
-            refined = _refined(model, method_options)
-            with torch.no_grad():
-                result = None if refined is None else refined(real)
-                mean, cov = ((result.mean, result.covariance) if result is not None else
-                             _posterior_of(model, method_options)(real))
-            metrics = compare_to_exact(model, real, exact, mean, cov, seed=seed)
-            out["real"][name] = {key: _quantiles(value) for key, value in metrics.items()}
-            if result is not None and result.draw_energy is not None:
-                out["real"][name + HPD_SUFFIX] = {
-                    f"mass_{round(100 * level)}": _quantiles(exact_mass_below(
-                        exact, result.energy_threshold(level))) for level in LEVELS}
+
+        def real_gaussian_rows():
+            # one stage: the refinements' draws on the real images (half an hour or more
+            # for a ConvVAE at d >= 15), kept so that a part killed later resumes after it
+            rows = {}
+            for name, method_options in methods.items():
+                refined = _refined(model, method_options)
+                with torch.no_grad():
+                    result = None if refined is None else refined(real)
+                    mean, cov = ((result.mean, result.covariance) if result is not None else
+                                 _posterior_of(model, method_options)(real))
+                metrics = compare_to_exact(model, real, exact, mean, cov, seed=seed)
+                rows[name] = {key: _quantiles(value) for key, value in metrics.items()}
+                if result is not None and result.draw_energy is not None:
+                    rows[name + HPD_SUFFIX] = {
+                        f"mass_{round(100 * level)}": _quantiles(exact_mass_below(
+                            exact, result.energy_threshold(level))) for level in LEVELS}
+            return rows
+
+        out["real"].update(stage("real gaussian", real_gaussian_rows) or {})
 
         def nifty_real_row(method):
             # a sampled posterior, judged here by the Gaussian of its samples' moments
@@ -351,9 +382,35 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         eigenvalues = lower_bound_eigenvalues(exact.covariance, exact.laplace_covariance)
         out["lower_bound"] = {**_quantiles(eigenvalues),
                               "fraction_below_1": float(np.mean(eigenvalues < 1))}
-        bar.update()
     bar.close()
-    return out
+    return None if only is not None else out
+
+
+def calibration_stages(nifty=NIFTY_METHODS, reference=True, real=True):
+    """The names of :func:`calibrate`'s stages, in the order it runs them.
+
+    Parameters
+    ----------
+    nifty : sequence of {"mgvi", "geovi"}
+        The NIFTy methods calibrated.
+    reference : bool
+        Whether the exact reference's own SBC runs (``d > 3`` and ``n_reference > 0``).
+    real : bool
+        Whether real images are compared with their exact posteriors (``n_real > 0``).
+
+    Returns
+    -------
+    list of str
+        The names under which :func:`calibrate` keeps the stages in ``finished`` (and
+        ``"real exact reference"``, kept in its ``reference_file``), as its ``only`` takes
+        them.
+    """
+    names = ["simulated gaussian", *(f"simulated {method}" for method in nifty)]
+    if reference:
+        names.append("simulated exact reference")
+    if real:
+        names += ["real exact reference", "real gaussian", *(f"real {m}" for m in nifty)]
+    return names
 
 
 def _real_reference(model, real, options, path):

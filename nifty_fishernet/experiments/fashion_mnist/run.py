@@ -57,6 +57,10 @@ Settings (:data:`~nifty_fishernet.experiments.fashion_mnist.SETTINGS`):
         [--models ...] [--dims ...] [--features fmnist|inception] [--fid-images N]
         [--no-sample-quality] [--no-calibration] [--force]
     python demos/fashion_mnist.py --paper --status --out docs/results/paper   # what is left
+
+A cell's calibration runs in stages (``--status`` lists those kept); ``--calibration-stages``
+runs just the named ones and writes no record, so one cell's stages can run in separate
+processes, one per core; a later part without it reads them back and records the cell.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ from ...cache import ResultCache, fingerprint
 from ...checkpoint import load_checkpoint
 from ...errors import FileFormatError
 from ...io import write_text
-from ...calibration import calibrate, recalibrate
+from ...calibration import NIFTY_METHODS, calibrate, calibration_stages, recalibrate
 from ...data import load_fashion_mnist
 from ...distributed import distributed_session
 from ...evaluation import active_units, encode_means, sample_quality
@@ -139,6 +143,13 @@ def parse_args(argv=None):
     parser.add_argument("--no-calibration-nifty", dest="calibration_nifty",
                         action="store_false",
                         help="calibrate without NIFTy's MGVI and geoVI")
+    parser.add_argument("--calibration-stages", nargs="+", metavar="STAGE",
+                        choices=calibration_stages(NIFTY_METHODS),
+                        help="measure just these stages of the cells' calibrations (quoted, "
+                             "as --status names them, e.g. 'real mgvi'), keep them in the "
+                             "folder's cache and write no record: a cell's stages run in "
+                             "separate processes, one per core, and a later part without "
+                             "this option records the cell")
     parser.add_argument("--calibration-models", nargs="+", choices=list(MODELS),
                         help="models to calibrate (quick: all but the ConvVAE, whose exact "
                              "posteriors cost ~10^6 convolutional decoder calls)")
@@ -272,6 +283,16 @@ def calibration(trained, test_x, setting, args):
                 return calibration_key(model, name, setting, args.seed, test_x, version)
             key = key_of(CALIBRATION_VERSION)
             entry = cache.get(label, key)
+            if entry is None and args.calibration_stages:
+                stages = cache.stages(label, key)
+                calibrate(model, test_x, seed=args.seed, nifty=nifty,
+                          nifty_options=nifty_options, finished=stages,
+                          reference_file=stages.file("real exact reference", ".h5"),
+                          only=set(args.calibration_stages) & set(calibration_stages(nifty)),
+                          **options)
+                print(f"{name:>14} d={d:<2} calibration stages kept: "
+                      + ", ".join(stages.names()))
+                continue
             if entry is None:
                 began = time.perf_counter()
                 older = _older_entry(cache, label, key_of)
@@ -348,6 +369,9 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.calibration_stages and (args.status or args.report_only or not args.calibration):
+        raise SystemExit("--calibration-stages measures calibration stages: not with "
+                         "--status, --report-only or --no-calibration")
     if args.report_only:
         return write_reports(args.out)
     setting = resolve_setting(args)
@@ -409,6 +433,8 @@ def _run(args, argv, setting, device, context):
         print("\n" + table1_markdown(quality))
     if args.calibration and trained:
         record["calibration"] = calibration(trained, test_x, setting, args)
+        if args.calibration_stages:
+            return None  # the stages are kept; a part without the option records the cells
     shown = _stored_models(old, out, setting, args.seed, skip=cells)
     for name, by_dim in trained.items():
         shown.setdefault(name, {}).update(by_dim)
