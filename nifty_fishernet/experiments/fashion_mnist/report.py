@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...calibration import NIFTY_METHODS, calibration_stages
 from ...io import write_text
 from .paper import PAPER_VAE_MSE_EXCESS, PAPER_VAE_MSE_PLATEAU
 from .table1 import table1_markdown
@@ -196,4 +197,9 @@ def status_markdown(rows, out, mode, epochs):
     if todo:
         lines += ["Parts still to run (one per core; an interrupted part resumes):", ""]
         lines += [f"    {row['command']}" for row in todo]
+        if any(gap.startswith("calibration") for row in todo for gap in row["gaps"]):
+            stages = ", ".join(f"'{name}'" for name in calibration_stages(NIFTY_METHODS))
+            lines += ["", "A cell's calibration stages can also run apart, one process per "
+                      "core: add `--calibration-stages STAGE ...` to its command (stages: "
+                      f"{stages}); the part without it then records the cell."]
     return "\n".join(lines)
