@@ -351,8 +351,9 @@ def test_calibration_stages_run_as_a_part_of_their_own_and_are_read_back(
     real = report["calibration"]["FisherNet"]["2"]["real"]
     assert {"amortized", "refined (Laplace)", "refined (importance)"} <= set(real)
     assert all(not row["gaps"] for row in fm.main(args + ["--status"]))
-    with pytest.raises(SystemExit):
-        fm.main(args + ["--calibration-stages", "real mgvi", "--no-calibration"])
+    for refused in ("--no-calibration", "--force", "--status"):
+        with pytest.raises(SystemExit, match="not with --status, --report-only, --force"):
+            fm.main(args + ["--calibration-stages", "real mgvi", refused])
     capsys.readouterr()
     with pytest.raises(SystemExit):
         fm.main(args + ["--calibration-stages", "real nothing"])

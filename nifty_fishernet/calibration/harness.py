@@ -326,7 +326,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     if with_reference:
         out["simulated"]["exact reference"] = stage("simulated exact reference",
                                                     reference_row)
-    real_stages = set(calibration_stages(nifty, with_reference, True)[-2 - len(nifty):])
+    real_stages = {name for name in calibration_stages(nifty) if name.startswith("real ")}
     if n_real and (only is None or only & real_stages):
         real = torch.as_tensor(np.asarray(real_images[:n_real]), dtype=model.dtype,
                                device=model.device)

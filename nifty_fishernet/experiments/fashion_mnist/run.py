@@ -369,9 +369,11 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.calibration_stages and (args.status or args.report_only or not args.calibration):
+    if args.calibration_stages and (args.status or args.report_only or args.force
+                                    or not args.calibration):
+        # --force would retrain the models of each process running a cell's stages
         raise SystemExit("--calibration-stages measures calibration stages: not with "
-                         "--status, --report-only or --no-calibration")
+                         "--status, --report-only, --force or --no-calibration")
     if args.report_only:
         return write_reports(args.out)
     setting = resolve_setting(args)
