@@ -671,13 +671,19 @@ def test_harness_runs_every_part_on_a_small_model():
         cal.recalibrate(model, images.numpy(), stale, nifty=("mgvi",))
 
 
-def test_a_killed_calibration_resumes_after_its_last_finished_stage(tmp_path):
+@pytest.fixture(scope="module")
+def staged():
+    """A small calibration with every kind of stage, and the result of one run of it."""
     model = random_fishernet(latent_dim=4, data_dim=12, xi=-2.0, gain=2.0, seed=3)
     _, images = cal.simulate(model, 8, seed=9)
     options = dict(nifty=("mgvi",), n_simulated=40, n_real=8, n_nifty=8, progress=False,
                    exact_options=dict(n_draws=512),
                    nifty_options=dict(n_samples=4, total_iterations=2))
-    whole = cal.calibrate(model, images.numpy(), **options)
+    return model, images, options, cal.calibrate(model, images.numpy(), **options)
+
+
+def test_a_killed_calibration_resumes_after_its_last_finished_stage(staged, tmp_path):
+    model, images, options, whole = staged
     records = ResultCache(tmp_path).stages("calibration", fingerprint("this model"))
 
     class Killed(Exception):
@@ -703,16 +709,11 @@ def test_a_killed_calibration_resumes_after_its_last_finished_stage(tmp_path):
     assert "simulated exact reference" in records and "real mgvi" in records
 
 
-def test_a_calibrations_stages_run_apart_give_the_result_of_one_run(tmp_path):
+def test_a_calibrations_stages_run_apart_give_the_result_of_one_run(staged, tmp_path):
     """Stages measured by separate calls (as by processes on separate cores) in another order
     than one run's: a final call reads them all back, measures nothing, and returns the
     single run's result."""
-    model = random_fishernet(latent_dim=4, data_dim=12, xi=-2.0, gain=2.0, seed=3)
-    _, images = cal.simulate(model, 8, seed=9)
-    options = dict(nifty=("mgvi",), n_simulated=40, n_real=8, n_nifty=8, progress=False,
-                   exact_options=dict(n_draws=512),
-                   nifty_options=dict(n_samples=4, total_iterations=2))
-    whole = cal.calibrate(model, images.numpy(), **options)
+    model, images, options, whole = staged
     stages = cal.calibration_stages(("mgvi",))
     assert stages == ["simulated gaussian", "simulated mgvi", "simulated exact reference",
                       "real exact reference", "real gaussian", "real mgvi"]
