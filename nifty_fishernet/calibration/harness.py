@@ -169,8 +169,9 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
     finished : MutableMapping, optional
         Rows of stages already measured (read with ``get``), by stage name (e.g. ``"simulated mgvi"``), read
         before and written after each stage whose rows do not depend on another's random
-        numbers: the simulated Gaussian methods (as one stage), each NIFTy method on the
-        simulated and on the real data, and the exact reference's SBC. A run killed midway
+        numbers: the Gaussian methods on the simulated and on the real data (one stage
+        each), each NIFTy method on the simulated and on the real data, and the exact
+        reference's SBC (:func:`calibration_stages` names them). A run killed midway
         and given the same mapping again (e.g. a
         :meth:`~nifty_fishernet.cache.ResultCache.stages`, kept on disk) resumes after its
         last finished stage with the result a single run gives. The caller keys it to
