@@ -283,19 +283,13 @@ def calibration(trained, test_x, setting, args):
                 return calibration_key(model, name, setting, args.seed, test_x, version)
             key = key_of(CALIBRATION_VERSION)
             entry = cache.get(label, key)
-            if entry is None and args.calibration_stages:
-                stages = cache.stages(label, key)
-                calibrate(model, test_x, seed=args.seed, nifty=nifty,
-                          nifty_options=nifty_options, finished=stages,
-                          reference_file=stages.file("real exact reference", ".h5"),
-                          only=set(args.calibration_stages) & set(calibration_stages(nifty)),
-                          **options)
-                print(f"{name:>14} d={d:<2} calibration stages kept: "
-                      + ", ".join(stages.names()))
-                continue
             if entry is None:
                 began = time.perf_counter()
-                older = _older_entry(cache, label, key_of)
+                # a part of chosen stages measures them alone (no older entry brought up
+                # to date)
+                only = (set(args.calibration_stages) & set(calibration_stages(nifty))
+                        if args.calibration_stages else None)
+                older = None if only is not None else _older_entry(cache, label, key_of)
                 if older is None:
                     # each finished stage is kept: a killed part resumes after it
                     stages = cache.stages(label, key)
@@ -304,7 +298,11 @@ def calibration(trained, test_x, setting, args):
                         reference.unlink(missing_ok=True)
                     entry = calibrate(model, test_x, seed=args.seed, nifty=nifty,
                                       nifty_options=nifty_options, finished=stages,
-                                      reference_file=reference, **options)
+                                      reference_file=reference, only=only, **options)
+                    if entry is None:  # only the chosen stages: nothing to record
+                        print(f"{name:>14} d={d:<2} calibration stages kept: "
+                              + ", ".join(stages.names()))
+                        continue
                     if nifty_options:
                         entry["nifty_options"] = nifty_options
                     entry["seconds"] = time.perf_counter() - began
