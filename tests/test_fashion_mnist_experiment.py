@@ -3,8 +3,10 @@ that redo nothing, interrupted runs that resume, and parts that merge into one r
 
 import json
 import math
+import platform
 
 import pytest
+import torch
 
 import nifty_fishernet as nf
 from nifty_fishernet.calibration import HPD_SUFFIX
@@ -135,6 +137,10 @@ def test_parts_merge_into_the_record_of_one_run(tmp_path, monkeypatch):
         assert (_without_timings(json.loads((parts / name).read_text()))
                 == _without_timings(json.loads((tmp_path / "one" / name).read_text()))), name
     assert "Run in 2 parts" in (parts / "summary.md").read_text()
+    # each part names the CPU kernels it ran on: retraining on another set differs
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert [part["cpu"] for part in merged["parts"]] == [capability, capability]
+    assert f"{platform.machine()} ({capability})" in (parts / "summary.md").read_text()
     (parts / "summary.md").unlink()  # --report-only rewrites it from the record alone
     assert fm.main(["--out", str(parts), "--report-only"]) == json.loads(
         (parts / "results.json").read_text())

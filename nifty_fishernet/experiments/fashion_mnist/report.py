@@ -26,6 +26,11 @@ def _table(rows, dims, header, fmt):
     return lines
 
 
+def _machine(part):
+    # parts recorded before the CPU's kernel set was kept name the architecture alone
+    return part["machine"] + (f" ({part['cpu']})" if part.get("cpu") else "")
+
+
 def summary_markdown(report):
     """The summary of one run as markdown.
 
@@ -61,15 +66,15 @@ def summary_markdown(report):
               f"{setting['lr'] if setting['noise_lr'] is None else setting['noise_lr']:g}), "
               f"seed {report['seed']}",
               f"- device {report['device']}, torch {report['torch']} ({report['threads']} "
-              f"thread{'' if report['threads'] == 1 else 's'}), {report['machine']}; {wall}"
+              f"thread{'' if report['threads'] == 1 else 's'}), {_machine(report)}; {wall}"
               f"work found finished in the output folder is not redone and not counted)", ""]
     if len(parts) > 1:
-        lines += ["| part | command | models × d | device, threads | wall time |",
+        lines += ["| part | command | models × d | device, threads, CPU | wall time |",
                   "|---|---|---|---|---|"]
         for number, part in enumerate(parts, 1):
             cells = ", ".join(f"{name} d={d}" for name, d in part["cells"])
             lines.append(f"| {number} | `{part['command']}` | {cells or '–'} | "
-                         f"{part['device']}, {part['threads']} | "
+                         f"{part['device']}, {part['threads']}, {_machine(part)} | "
                          f"{part['wall_seconds'] / 60:.1f} min |")
         lines.append("")
     lines += [f"## Test MSE (Eq. 32-33) after {setting['epochs']} epochs", ""]

@@ -418,6 +418,9 @@ def _run(args, argv, setting, device, context):
                                            ).strip(),
                   setting=setting, seed=args.seed, device=str(device), torch=torch.__version__,
                   threads=torch.get_num_threads(), machine=platform.machine(),
+                  # the kernels torch picks: weights trained on another set differ in the
+                  # last bits (a fresh machine does not retrain the same model)
+                  cpu=torch.backends.cpu.get_cpu_capability(),
                   package_version=__version__, train_seconds=time.perf_counter() - start,
                   results=results)
     densities, figures = {}, []
@@ -444,7 +447,8 @@ def _run(args, argv, setting, device, context):
     record["wall_seconds"] = time.perf_counter() - start
     record["part"] = dict(command=record["command"], cells=[list(c) for c in cells],
                           device=record["device"], threads=record["threads"],
-                          machine=record["machine"], wall_seconds=record["wall_seconds"],
+                          machine=record["machine"], cpu=record["cpu"],
+                          wall_seconds=record["wall_seconds"],
                           date=time.strftime("%Y-%m-%d"))
     with record_lock(out):
         # Parts may run at the same time (one per core): merge with the record as it is now,
