@@ -418,8 +418,8 @@ def _run(args, argv, setting, device, context):
                                            ).strip(),
                   setting=setting, seed=args.seed, device=str(device), torch=torch.__version__,
                   threads=torch.get_num_threads(), machine=platform.machine(),
-                  # the kernels torch picks: weights trained on another set differ in the
-                  # last bits (a fresh machine does not retrain the same model)
+                  # the kernels torch picks: trained with another set, the same seeds give
+                  # other weights (a fresh machine does not retrain the same model)
                   cpu=torch.backends.cpu.get_cpu_capability(),
                   package_version=__version__, train_seconds=time.perf_counter() - start,
                   results=results)
