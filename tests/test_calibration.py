@@ -709,6 +709,39 @@ def test_a_killed_calibration_resumes_after_its_last_finished_stage(staged, tmp_
     assert "simulated exact reference" in records and "real mgvi" in records
 
 
+def test_a_nifty_stage_killed_midway_resumes_after_its_last_global_iteration(staged,
+                                                                              tmp_path):
+    """A NIFTy stage of hours loses at most one global KL iteration to a killed part."""
+    from nifty_fishernet.nifty.kl_state import kl_progress
+
+    model, images, options, whole = staged
+    records = ResultCache(tmp_path).stages("calibration", fingerprint("this model"))
+    folder = tmp_path / "nifty-progress"
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_the_first_iteration():
+        raise Killed
+
+    killed = dict(options, nifty_options=dict(options["nifty_options"],
+                                              callback=kill_after_the_first_iteration))
+    with pytest.raises(Killed):
+        cal.calibrate(model, images.numpy(), finished=records, nifty_checkpoints=folder,
+                      only={"simulated mgvi"}, **killed)
+    assert "simulated mgvi" not in records
+    assert kl_progress(folder / "simulated-mgvi.h5")[0] == 1  # of its 2 iterations
+    with pytest.raises(FileFormatError, match="another KL minimisation"):  # it is read
+        cal.calibrate(model, images.numpy(), finished=records, nifty_checkpoints=folder,
+                      only={"simulated mgvi"}, seed=1, **options)
+    cal.calibrate(model, images.numpy(), finished=records, nifty_checkpoints=folder,
+                  only={"simulated mgvi"}, **options)
+    assert not (folder / "simulated-mgvi.h5").exists()
+    # the resumed stage's rows are those of one uninterrupted run, its time both runs'
+    assert _without_seconds(records["simulated mgvi"]) == _without_seconds(
+        jsonable(whole["simulated"]["mgvi"]))
+
+
 def test_a_calibrations_stages_run_apart_give_the_result_of_one_run(staged, tmp_path):
     """Stages measured by separate calls (as by processes on separate cores) in another order
     than one run's: a final call reads them all back, measures nothing, and returns the

@@ -12,6 +12,9 @@ import nifty_fishernet as nf
 from nifty_fishernet.calibration import HPD_SUFFIX
 from nifty_fishernet.experiments import fashion_mnist as fm
 from nifty_fishernet.experiments.fashion_mnist import run as fm_run
+from nifty_fishernet.nifty import ift
+from nifty_fishernet.nifty.compat import random_state
+from nifty_fishernet.nifty.kl_state import KLState, save_kl_state
 
 TINY = ["--dims", "2", "--epochs", "1", "--n-train", "256", "--fid-images", "200",
         "--mkde-iterations", "1", "--mkde-samples", "1"]
@@ -317,6 +320,18 @@ def test_status_shows_the_weights_and_the_calibration_stages_a_part_resumes_from
     assert row["epochs"] == row["weights"] == 1
     assert row["stages"] == ["simulated gaussian"]
     assert "| trained; needs T1, cal (kept: simulated gaussian) |" in capsys.readouterr().out
+    # a NIFTy stage stopped midway keeps its state beside the kept stages
+    [kept] = (out / "cache").glob("calibration_FisherNet_d2_stage-simulated-gaussian_*.json")
+    folder = out / "cache" / kept.name.replace("stage-simulated-gaussian", "nifty-progress")
+    folder = folder.with_suffix("")
+    domain = ift.makeDomain({"latent": ift.UnstructuredDomain((2, 2))})
+    save_kl_state(folder / "simulated-mgvi.h5", "a problem", KLState(
+        3, ift.full(domain, 0.0), random_state(), 60.0))
+    [row] = fm.main(args + ["--status"])
+    assert row["progress"] == {"simulated mgvi": 3}
+    assert ("| trained; needs T1, cal (kept: simulated gaussian; under way: simulated mgvi "
+            "after 3 KL iterations) |") in capsys.readouterr().out
+    (folder / "simulated-mgvi.h5").unlink()
 
     fm.main(args)  # resumes after the stage and records the cell
     [row] = fm.main(args + ["--status"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ def _summaries(model, method):
 def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_real=100,
               n_nifty=64, n_reference=100, seed=0, rank_draws=99, bins=10, batch_size=256,
               exact_options=None, nifty_options=None, progress=True, finished=None,
-              reference_file=None, only=None):
+              reference_file=None, only=None, nifty_checkpoints=None):
     """Measure how honest each posterior approximation of ``model`` is.
 
     Parameters
@@ -183,6 +184,12 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         of other data or a damaged one is recomputed, with a warning). With ``finished``, a
         part killed in a NIFTy stage on the real images resumes without computing it again
         (20 minutes or more for a ConvVAE on 200 images).
+    nifty_checkpoints : path-like, optional
+        A folder in which each NIFTy stage keeps its state after every global KL iteration
+        (``<stage>.h5``, e.g. ``simulated-geovi.h5``; removed when the stage finishes), so
+        that a part killed midway through a stage of hours resumes after its last finished
+        iteration with the rows an uninterrupted run gives (their ``seconds_per_datum``
+        count the earlier runs' time too). The caller keys it like ``finished``.
     only : collection of str, optional
         Measure just these stages (names of :func:`calibration_stages`, e.g.
         ``{"simulated exact reference", "real mgvi"}``) where ``finished`` lacks them, keep
@@ -290,16 +297,22 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
                          f"directions: pass nifty_options n_samples >= {model.latent_dim} "
                          f"(or n_real=0)")
 
-    def run_nifty(method, data):
+    def run_nifty(method, data, name):
+        # returns the posterior and the seconds earlier runs of the stage spent on it
         from ..nifty import latent_posterior
+        from ..nifty.kl_state import kl_progress
 
-        return latent_posterior(model, data.double().cpu().numpy(), method, **nifty_settings)
+        checkpoint = (None if nifty_checkpoints is None else
+                      Path(nifty_checkpoints) / f"{name.replace(' ', '-')}.h5")
+        earlier = 0.0 if checkpoint is None else kl_progress(checkpoint)[1]
+        return latent_posterior(model, data.double().cpu().numpy(), method,
+                                checkpoint=checkpoint, **nifty_settings), earlier
 
     def nifty_simulated_row(method):
         began = time.perf_counter()
         subset = slice(0, min(int(n_nifty), x.shape[0]))
-        result = run_nifty(method, x[subset])
-        seconds = (time.perf_counter() - began) / (subset.stop or 1)
+        result, earlier = run_nifty(method, x[subset], f"simulated {method}")
+        seconds = (earlier + time.perf_counter() - began) / (subset.stop or 1)
         draws = torch.from_numpy(result.latent_draws())
         return {
             "coverage": _coverage(sample_coverage(draws, truth[subset])),
@@ -373,7 +386,7 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
 
         def nifty_real_row(method):
             # a sampled posterior, judged here by the Gaussian of its samples' moments
-            result = run_nifty(method, real)
+            result, _ = run_nifty(method, real, f"real {method}")
             metrics = compare_to_exact(model, real, exact, torch.from_numpy(result.mean),
                                        torch.from_numpy(result.covariance), seed=seed)
             return {key: _quantiles(value) for key, value in metrics.items()}

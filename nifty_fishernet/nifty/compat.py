@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 __all__ = ["ift", "NIFTY", "NIFTY_VERSION", "ENVIRONMENT_VARIABLE", "values", "is_field", "describe",
-           "hamiltonian_options", "iteration_randomness"]
+           "hamiltonian_options", "iteration_randomness", "random_state", "restore_random_state"]
 
 #: The environment variable that picks the NIFTy generation.
 ENVIRONMENT_VARIABLE = "NIFTY_FISHERNET_NIFTY"
@@ -109,3 +109,37 @@ def _pushed(sseq):
         yield
     finally:
         ift.random.pop_sseq()
+
+
+def random_state():
+    """NIFTy's innermost random state (the top of ``ift.random``'s stack) as JSON values.
+
+    The seed sequence on top (its entropy, spawn key, pool size and the number of children
+    spawned: NIFTy draws each sample from a spawned child) and its generator's bit state.
+    :func:`restore_random_state` puts it back, so that a loop continued in another process
+    draws the numbers an uninterrupted one would. Read through public ``ift.random``
+    functions on both NIFTy generations.
+    """
+    generator = ift.random.current_rng()
+    sseq = generator.bit_generator.seed_seq  # the sequence push_sseq made the generator from
+    if not isinstance(sseq, np.random.SeedSequence):
+        raise TypeError(f"NIFTy's generator was seeded by a {type(sseq).__name__}, not a "
+                        f"numpy SeedSequence: its state cannot be written down")
+    entropy = sseq.entropy
+    return {"entropy": entropy if isinstance(entropy, int) else [int(e) for e in entropy],
+            "spawn_key": [int(k) for k in sseq.spawn_key], "pool_size": int(sseq.pool_size),
+            "n_children_spawned": int(sseq.n_children_spawned),
+            "generator": generator.bit_generator.state}
+
+
+def restore_random_state(state):
+    """Replace the top of ``ift.random``'s stack by the state :func:`random_state` read.
+
+    The stack keeps its depth, so an enclosing ``ift.random.Context`` closes as usual.
+    """
+    sseq = np.random.SeedSequence(state["entropy"], spawn_key=tuple(state["spawn_key"]),
+                                  pool_size=state["pool_size"],
+                                  n_children_spawned=state["n_children_spawned"])
+    ift.random.pop_sseq()
+    ift.random.push_sseq(sseq)
+    ift.random.current_rng().bit_generator.state = state["generator"]

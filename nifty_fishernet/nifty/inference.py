@@ -149,7 +149,8 @@ def _check_likelihood(likelihood):
 def infer_latents(likelihood, initial=None, method="mgvi", n_samples=20, total_iterations=6,
                   *, kl_minimizer=None, sampling_iteration_controller=None,
                   nonlinear_sampling_minimizer=None, seed=0, threads=1, verbose=False,
-                  model=None, misfit_variance=None, image_shape=None):
+                  model=None, misfit_variance=None, image_shape=None, checkpoint=None,
+                  callback=None):
     """Run NIFTy's MGVI/geoVI/MAP on a latent likelihood and summarise the latent posterior.
 
     Parameters
@@ -184,10 +185,18 @@ def infer_latents(likelihood, initial=None, method="mgvi", n_samples=20, total_i
     model, misfit_variance, image_shape : optional
         For :meth:`LatentPosterior.images` and :meth:`LatentPosterior.predictive`: the model
         whose decoder made the likelihood, its misfit variance, and the image shape.
+    checkpoint : path-like, optional
+        A file that keeps the state after each global iteration, so that a run stopped
+        midway resumes there with the same result (MGVI and geoVI with the default
+        minimizers; see :func:`~nifty_fishernet.nifty.variational_inference`).
+    callback : callable, optional
+        Called after every global iteration (e.g. a progress bar's update).
 
     Returns
     -------
     LatentPosterior
+        Its ``seconds`` are this call's; a resumed run's earlier iterations are not in them
+        (:func:`~nifty_fishernet.nifty.kl_state.kl_progress` reads theirs beforehand).
 
     Notes
     -----
@@ -209,7 +218,8 @@ def infer_latents(likelihood, initial=None, method="mgvi", n_samples=20, total_i
     began = time.perf_counter()
     samples, point = variational_inference(likelihood, position, method, n_samples,
                                            total_iterations, seed=seed, threads=threads,
-                                           verbose=verbose, **minimizers)
+                                           verbose=verbose, checkpoint=checkpoint,
+                                           callback=callback, **minimizers)
     inferred = NOISE_KEY in likelihood.domain.keys()
     result = LatentPosterior(None, None, samples, point, None, 0.0, model, misfit_variance,
                              None if image_shape is None else tuple(image_shape))
@@ -276,7 +286,8 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
                      infer_noise=False, total_iterations=6, initial=None, dtype=torch.float64,
                      seed=0, sampling_iterations=100, newton_iterations=20,
                      nonlinear_iterations=10, tolerance=1e-4, threads=1, verbose=False,
-                     blockwise=True, image_shape=None, misfit=True, jacobian_dtype=None):
+                     blockwise=True, image_shape=None, misfit=True, jacobian_dtype=None,
+                     checkpoint=None, callback=None):
     """Latent posterior of ``d = R(f(z) + m) + n`` under ``z ~ N(0, 1)`` with NIFTy.
 
     All B data points form one NIFTy problem (latent field ``(B, d)``), so each energy or
@@ -309,8 +320,9 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
         NIFTy's random seed for the samples.
     sampling_iterations, newton_iterations, nonlinear_iterations, tolerance, blockwise
         Settings of :func:`~nifty_fishernet.nifty.default_minimizers`.
-    threads, verbose
-        As for :func:`infer_latents`.
+    threads, verbose, checkpoint, callback
+        As for :func:`infer_latents`: ``checkpoint`` keeps a long run's state after each
+        global iteration, so that it resumes there (MGVI and geoVI, ``blockwise``).
 
     Returns
     -------
@@ -334,4 +346,4 @@ def latent_posterior(model, data, method="mgvi", n_samples=20, response=None, no
     return infer_latents(likelihood, initial, method, n_samples, total_iterations, seed=seed,
                          threads=threads, verbose=verbose, model=model,
                          misfit_variance=misfit_variance, image_shape=image_shape,
-                         **minimizers)
+                         checkpoint=checkpoint, callback=callback, **minimizers)

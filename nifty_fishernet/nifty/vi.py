@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import numbers
+import time
+from pathlib import Path
 
 import torch
 
 from .blocks import BlockNewton, PreconditionedHamiltonian
-from .compat import describe, hamiltonian_options, ift, iteration_randomness
+from .compat import (describe, hamiltonian_options, ift, iteration_randomness, random_state,
+                     restore_random_state)
+from .kl_state import KLState, kl_problem, load_kl_state, save_kl_state
 from .likelihood import LATENT_KEY
 
 __all__ = ["METHODS", "default_minimizers", "variational_inference", "check_iterations",
@@ -127,7 +131,7 @@ def _quiet_nifty(verbose):
 def variational_inference(likelihood, initial_position, method, n_samples, total_iterations,
                           kl_minimizer, sampling_iteration_controller=None,
                           nonlinear_sampling_minimizer=None, seed=0, threads=None,
-                          verbose=False, callback=None):
+                          verbose=False, callback=None, checkpoint=None):
     """MGVI, geoVI or MAP on a NIFTy likelihood, as ``ift.optimize_kl`` runs them.
 
     Where the likelihood has a ``"latent"`` key (B independent latent problems, maybe with
@@ -163,7 +167,18 @@ def variational_inference(likelihood, initial_position, method, n_samples, total
     verbose : bool
         Let NIFTy log its iterations and minisanity tables.
     callback : callable, optional
-        Called after every global iteration (e.g. a progress bar's update).
+        Called after every global iteration (e.g. a progress bar's update; on a resumed run
+        also once for each iteration done before).
+    checkpoint : path-like, optional
+        A file (HDF5, :mod:`~nifty_fishernet.nifty.kl_state`) that keeps the state after
+        each global iteration but the last, so that a run stopped midway (a killed process,
+        a session's end) resumes after its last finished iteration when called again on the
+        same problem, with the result an uninterrupted run gives. Removed when the run
+        finishes; a file of another problem is a
+        :class:`~nifty_fishernet.errors.FileFormatError`. Only for the package's own KL
+        loop (MGVI or geoVI on a ``"latent"`` key with a
+        :class:`~nifty_fishernet.nifty.blocks.BlockNewton`); ``ift.optimize_kl`` keeps its
+        own state in its ``output_directory``.
 
     Returns
     -------
@@ -193,11 +208,17 @@ def variational_inference(likelihood, initial_position, method, n_samples, total
     random = contextlib.nullcontext() if seed is None else ift.random.Context(seed)
     blockwise = (isinstance(kl_minimizer, BlockNewton) and method != "map"
                  and LATENT_KEY in likelihood.domain.keys())
+    if checkpoint is not None and not blockwise:
+        raise ValueError("checkpoint resumes the package's own KL loop: MGVI or geoVI on a "
+                         "likelihood with a 'latent' key and a BlockNewton kl_minimizer")
     with random, _quiet_nifty(verbose), _torch_threads(threads):
         if blockwise:
+            problem = None if checkpoint is None else kl_problem(
+                likelihood, initial_position, method, n_samples, total_iterations, seed)
             return _sampled_kl_loop(likelihood, initial_position, total_iterations, n_samples,
                                     kl_minimizer, sampling_iteration_controller,
-                                    nonlinear_sampling_minimizer, callback)
+                                    nonlinear_sampling_minimizer, callback,
+                                    None if checkpoint is None else Path(checkpoint), problem)
         samples, position = ift.optimize_kl(
             likelihood, total_iterations, n_samples, kl_minimizer,
             sampling_iteration_controller,
@@ -269,23 +290,41 @@ class LinearizedOnceKL(ift.Energy):
 
 
 def _sampled_kl_loop(likelihood, position, total_iterations, n_samples, kl_minimizer,
-                     sampling, nonlinear, callback):
+                     sampling, nonlinear, callback, checkpoint=None, problem=None):
     """``ift.optimize_kl``'s inference steps with a :class:`PreconditionedHamiltonian`.
 
     Each global iteration draws new samples at the current mean (``ift.SampledKLEnergy``,
     mirrored) and minimises the sampled KL, as ``optimize_kl`` does; ``optimize_kl`` builds
     its ``StandardHamiltonian`` itself, so the preconditioned one cannot be passed to it.
+    With a ``checkpoint`` file the state after each iteration is kept there and a run
+    resumes from it (:func:`variational_inference`).
     """
     hamiltonian = PreconditionedHamiltonian(likelihood, sampling,
                                             **hamiltonian_options(likelihood.domain))
     samples = None
-    for randomness in iteration_randomness(total_iterations):
-        with randomness:
-            energy = ift.SampledKLEnergy(position, hamiltonian, n_samples, nonlinear,
-                                         mirror_samples=True)
-            energy, _ = kl_minimizer(LinearizedOnceKL(energy, hamiltonian))
-        position = energy.position
-        samples = energy.samples
+    # nifty.cl spawns every iteration's seed sequence here, before any is used, so a resumed
+    # run spawns the same ones; the random state is restored after that
+    contexts = iteration_randomness(total_iterations)
+    done = KLState(0, position, None, 0.0)
+    if checkpoint is not None and checkpoint.is_file():
+        done = load_kl_state(checkpoint, problem, likelihood.domain)
+        position = done.position
+        restore_random_state(done.random)
+    began = time.perf_counter()
+    for iteration, randomness in enumerate(contexts):
+        if iteration >= done.finished:
+            with randomness:
+                energy = ift.SampledKLEnergy(position, hamiltonian, n_samples, nonlinear,
+                                             mirror_samples=True)
+                energy, _ = kl_minimizer(LinearizedOnceKL(energy, hamiltonian))
+            position = energy.position
+            samples = energy.samples
+            if checkpoint is not None and iteration + 1 < total_iterations:
+                save_kl_state(checkpoint, problem, KLState(
+                    iteration + 1, position, random_state(),
+                    done.seconds + time.perf_counter() - began))
         if callback is not None:
             callback()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return samples, position

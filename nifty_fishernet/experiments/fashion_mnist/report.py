@@ -172,9 +172,15 @@ def status_markdown(rows, out, mode, epochs):
         if not row["gaps"]:
             return "done"
         needs = [short[gap] for gap in row["gaps"] if gap != "training"]
+        notes = []
         if row.get("stages"):
-            kept = ", ".join(row["stages"])
-            needs = [f"{need} (kept: {kept})" if need.startswith("cal") else need
+            notes.append("kept: " + ", ".join(row["stages"]))
+        if row.get("progress"):
+            notes.append("under way: " + ", ".join(
+                f"{stage} after {done} KL iteration{'s' if done != 1 else ''}"
+                for stage, done in row["progress"].items()))
+        if notes:
+            needs = [f"{need} ({'; '.join(notes)})" if need.startswith("cal") else need
                      for need in needs]
         prefix = ""
         weights = row.get("weights")

@@ -71,6 +71,7 @@ import fcntl
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -294,11 +295,16 @@ def calibration(trained, test_x, setting, args):
                     # each finished stage is kept: a killed part resumes after it
                     stages = cache.stages(label, key)
                     reference = stages.file("real exact reference", ".h5")
+                    # and a NIFTy stage (hours at d = 20) resumes after its last finished
+                    # global iteration
+                    checkpoints = nifty_progress_folder(cache, label, key)
                     if cache.force:
                         reference.unlink(missing_ok=True)
+                        shutil.rmtree(checkpoints, ignore_errors=True)
                     entry = calibrate(model, test_x, seed=args.seed, nifty=nifty,
                                       nifty_options=nifty_options, finished=stages,
-                                      reference_file=reference, only=only, **options)
+                                      reference_file=reference, only=only,
+                                      nifty_checkpoints=checkpoints, **options)
                     if entry is None:  # only the chosen stages: nothing to record
                         print(f"{name:>14} d={d:<2} calibration stages kept: "
                               + ", ".join(stages.names()))
@@ -333,6 +339,27 @@ def calibration_key(model, name, setting, seed, test_x, version=CALIBRATION_VERS
     return fingerprint("calibration", version, model, options,
                        setting["calibration_nifty"].get(name, []), seed,
                        test_x[:options["n_real"]], *([nifty_options] if nifty_options else []))
+
+
+def nifty_progress_folder(cache, label, key):
+    """The folder in which a calibration's NIFTy stages keep their state between global KL
+    iterations (``calibrate(..., nifty_checkpoints=...)``), beside its kept stages."""
+    return cache.path(f"{label}_nifty-progress", key, "")
+
+
+def nifty_progress(folder):
+    """``{stage name: global KL iterations finished}`` of the NIFTy stages under way in
+    ``folder`` (:func:`nifty_progress_folder`); a damaged file is left out (the stage then
+    fails with its error when it runs)."""
+    from ...nifty.kl_state import kl_progress
+
+    progress = {}
+    for path in sorted(Path(folder).glob("*.h5")):
+        try:
+            progress[path.stem.replace("-", " ")] = kl_progress(path)[0]
+        except FileFormatError:
+            continue
+    return progress
 
 
 def _nifty_options(setting, name):
@@ -548,7 +575,9 @@ def grid_status(out, mode, setting, models, seed=0, sample_quality=True, calibra
         resume from; 0 without either), ``weights`` (for a cell with gaps: the epochs of its
         checkpoint in ``out/models``, which Table 1 and the calibration need; None without
         one), ``stages`` (the calibration stages kept for those weights, when finished:
-        the part resumes after them) and ``command``, the part that fills the gaps.
+        the part resumes after them), ``progress`` (``{stage: global KL iterations}`` of
+        the NIFTy stages stopped midway, which resume there) and ``command``, the part
+        that fills the gaps.
     """
     out = Path(out)
     record = read_record(out)
@@ -562,7 +591,7 @@ def grid_status(out, mode, setting, models, seed=0, sample_quality=True, calibra
             gaps = cell_gaps(record, name, d, sample_quality, calibration_models)
             cell = (record or {}).get("results", {}).get(name, {}).get(str(d))
             epochs = len(cell["history"]["epoch"]) if cell else 0
-            weights, stages = None, []
+            weights, stages, progress = None, [], {}
             if gaps:  # training resumes from the weights, Table 1 and calibration need them
                 try:
                     saved = load_checkpoint(trained_model_path(name, d, setting, seed, out))
@@ -578,11 +607,13 @@ def grid_status(out, mode, setting, models, seed=0, sample_quality=True, calibra
                             test_x = load_fashion_mnist("test")[0]
                         key = calibration_key(saved.model.cpu().eval(), name, setting, seed,
                                               test_x)
-                        stages = cache.stages(f"calibration_{name}_d{d}", key).names()
+                        label = f"calibration_{name}_d{d}"
+                        stages = cache.stages(label, key).names()
+                        progress = nifty_progress(nifty_progress_folder(cache, label, key))
             command = "OMP_NUM_THREADS=1 python demos/fashion_mnist.py " + shlex.join(
                 [f"--{mode}", "--models", name, "--dims", str(d), *options, "--out", str(out)])
             rows.append(dict(model=name, d=int(d), gaps=gaps, epochs=epochs, weights=weights,
-                             stages=stages, command=command))
+                             stages=stages, progress=progress, command=command))
     return rows
 
 
