@@ -305,8 +305,23 @@ def calibrate(model, real_images, methods=None, nifty=(), n_simulated=500, n_rea
         checkpoint = (None if nifty_checkpoints is None else
                       Path(nifty_checkpoints) / f"{name.replace(' ', '-')}.h5")
         earlier = 0.0 if checkpoint is None else kl_progress(checkpoint)[1]
-        return latent_posterior(model, data.double().cpu().numpy(), method,
-                                checkpoint=checkpoint, **nifty_settings), earlier
+        settings = dict(nifty_settings)
+        given = settings.pop("callback", None)
+        # a stage runs for hours at large d: show its global KL iterations
+        iterations = tqdm(total=settings["total_iterations"], desc=f"{name}, KL iterations",
+                          disable=not progress, leave=False)
+
+        def callback():
+            iterations.update()
+            if given is not None:
+                given()
+
+        try:
+            return latent_posterior(model, data.double().cpu().numpy(), method,
+                                    checkpoint=checkpoint, callback=callback,
+                                    **settings), earlier
+        finally:
+            iterations.close()
 
     def nifty_simulated_row(method):
         began = time.perf_counter()
