@@ -13,6 +13,7 @@ model are part of it); a file of another problem is an error, not a silent resta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,6 +30,7 @@ FORMAT = "nifty_fishernet.kl_state"
 VERSION = 1
 
 
+@dataclasses.dataclass
 class KLState:
     """Where a KL minimisation stands after ``finished`` of its global iterations.
 
@@ -44,9 +46,10 @@ class KLState:
         Wall time of the finished iterations, summed over the runs that did them.
     """
 
-    def __init__(self, finished, position, random, seconds):
-        self.finished, self.position = int(finished), position
-        self.random, self.seconds = random, float(seconds)
+    finished: int
+    position: object
+    random: dict | None
+    seconds: float
 
 
 def kl_problem(likelihood, initial_position, method, n_samples, total_iterations, seed):
