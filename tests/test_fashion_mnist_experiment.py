@@ -334,6 +334,7 @@ def test_status_shows_the_weights_and_the_calibration_stages_a_part_resumes_from
     (folder / "simulated-mgvi.h5").unlink()
 
     fm.main(args)  # resumes after the stage and records the cell
+    assert not folder.exists()  # emptied by the finished stages, removed with the record
     [row] = fm.main(args + ["--status"])
     assert row["gaps"] == [] and row["weights"] is None and row["stages"] == []
     record = json.loads((out / "results.json").read_text())

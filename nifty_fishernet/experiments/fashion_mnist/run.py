@@ -312,6 +312,10 @@ def calibration(trained, test_x, setting, args):
                     if nifty_options:
                         entry["nifty_options"] = nifty_options
                     entry["seconds"] = time.perf_counter() - began
+                    # every stage is kept and each removed its state file: the folder is
+                    # empty, unless another part is still writing there (then it stays)
+                    with contextlib.suppress(OSError):
+                        checkpoints.rmdir()
                 else:
                     # the NIFTy rows (most of a run's time) stay as measured
                     kept = ("n_reference", "n_nifty", "nifty_options")
